@@ -1,0 +1,386 @@
+"""Readers for the common caption data sets, all returning one ``CaptionDataset``.
+
+Supported: Flickr8k original (``Flickr8k.token.txt`` + split lists), the Flickr8k Kaggle layout
+(``captions.txt``), Flickr30k (``results.csv`` and the token format), MS-COCO 2014 caption JSON and
+the Karpathy split files (``dataset_*.json``). ``detect_format`` picks one from a file or folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import re
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from captioning.errors import CaptioningError, DataFormatError
+
+SPLITS = ("train", "dev", "test")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+FORMATS = ("flickr8k", "flickr8k-kaggle", "flickr30k", "coco", "karpathy")
+_IMAGE_DIRS = ("Images", "images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k_images")
+_SPLIT_LISTS = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages.txt",
+                "test": "Flickr_8k.testImages.txt"}
+_TOKEN_FILES = ("Flickr8k.token.txt", "results_20130124.token", "Flickr30k.token.txt")
+_KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "dev", "test": "test"}
+_TOKEN_KEY = re.compile(r"^(?P<image>.+?)#(?P<n>\d+)$")
+
+
+@dataclasses.dataclass
+class CaptionDataset:
+    """Captions as one table with columns ``image``, ``caption``, ``split``.
+
+    ``image`` is a path relative to ``images_root``; ``split`` is train/dev/test, or "" for images
+    the data set's split lists do not mention. ``notes`` records what the reader skipped or noticed.
+    """
+
+    table: pd.DataFrame
+    images_root: Path
+    format: str
+    source: Path
+    name: str
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def split(self, name: str) -> pd.DataFrame:
+        if name not in SPLITS:
+            raise CaptioningError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+        return self.table[self.table["split"] == name]
+
+    def images(self, split: str | None = None) -> list[str]:
+        table = self.table if split is None else self.split(split)
+        return list(dict.fromkeys(table["image"]))
+
+    def references(self, split: str) -> dict[str, list[str]]:
+        """image → all its raw captions, in file order."""
+        return {img: list(g["caption"]) for img, g in self.split(split).groupby("image", sort=False)}
+
+    def missing_images(self) -> list[str]:
+        """Captioned images with no file under ``images_root``."""
+        return [i for i in self.images() if not (self.images_root / i).is_file()]
+
+
+def _checked_name(name: str, path: Path, line) -> str:
+    """Refuse image names that would escape the images root."""
+    name = name.strip()
+    if not name:
+        raise DataFormatError(path, line, "empty image name")
+    p = PurePosixPath(name.replace("\\", "/"))
+    if p.is_absolute() or re.match(r"^[A-Za-z]:", name) or ".." in p.parts:
+        raise DataFormatError(path, line, f"image name {name!r} points outside the images folder",
+                              "Image names must be relative paths inside the images root.")
+    return str(p)
+
+
+def _read_lines(path: Path):
+    """(line number, text) for non-blank lines; handles a UTF-8 BOM, CRLF and no final newline."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, text_line_of(path, e.start), "not UTF-8 text",
+                              "Re-save the file as UTF-8.") from e
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            yield i, line
+
+
+def text_line_of(path: Path, byte_offset: int) -> int:
+    return path.read_bytes()[:byte_offset].count(b"\n") + 1
+
+
+def _read_token_file(path: Path):
+    rows, empty = [], 0
+    for n, line in _read_lines(path):
+        key, sep, caption = line.partition("\t")
+        if not sep:
+            raise DataFormatError(path, n, "expected 'IMAGE.jpg#N<TAB>caption' but found no tab",
+                                  f"The line reads: {line[:80]!r}")
+        m = _TOKEN_KEY.match(key.strip())
+        image = _checked_name(m.group("image") if m else key, path, n)
+        if not caption.strip():
+            empty += 1
+            continue
+        rows.append((image, caption.strip()))
+    return rows, empty
+
+
+def _read_kaggle_csv(path: Path):
+    rows, empty = [], 0
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
+            raise DataFormatError(path, 1, f"expected the header 'image,caption', found {header}")
+        for fields in reader:
+            n = reader.line_num
+            if not fields or not any(x.strip() for x in fields):
+                continue
+            if len(fields) < 2:
+                raise DataFormatError(path, n, "expected 'image,caption' (2 fields), found 1",
+                                      "Captions containing commas must be quoted.")
+            # An unquoted comma inside the caption splits it; join the pieces back.
+            image, caption = fields[0], ",".join(fields[1:])
+            image = _checked_name(image, path, n)
+            if not caption.strip():
+                empty += 1
+                continue
+            rows.append((image, caption.strip()))
+    return rows, empty
+
+
+def _read_flickr30k_csv(path: Path):
+    rows, empty = [], 0
+    lines = _read_lines(path)
+    first = next(lines, (1, ""))[1]
+    if "|" not in first:
+        raise DataFormatError(path, 1, "expected the header 'image_name| comment_number| comment'")
+    for n, line in lines:
+        parts = line.split("|", 2)
+        if len(parts) != 3:
+            raise DataFormatError(path, n, f"expected 3 '|'-separated fields, found {len(parts)}")
+        image = _checked_name(parts[0], path, n)
+        if not parts[2].strip():
+            empty += 1
+            continue
+        rows.append((image, parts[2].strip()))
+    return rows, empty
+
+
+def _load_json(path: Path):
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(path, e.lineno, f"invalid JSON: {e.msg}") from e
+
+
+def _read_coco(path: Path, prefix: str):
+    d = _load_json(path)
+    if not isinstance(d, dict) or "annotations" not in d or "images" not in d:
+        raise DataFormatError(path, None, "not a COCO captions file (needs 'images' and 'annotations')")
+    names = {}
+    for i, im in enumerate(d["images"]):
+        name = im.get("file_name")
+        if name is None or "id" not in im:
+            raise DataFormatError(path, None, f"images[{i}] has no 'id' or 'file_name'")
+        names[im["id"]] = _checked_name(f"{prefix}/{name}" if prefix else name, path, f"images[{i}]")
+    rows, empty = [], 0
+    for i, ann in enumerate(d["annotations"]):
+        if ann.get("image_id") not in names:
+            raise DataFormatError(path, None, f"annotations[{i}] refers to unknown image_id "
+                                  f"{ann.get('image_id')!r}")
+        caption = (ann.get("caption") or "").strip()
+        if not caption:
+            empty += 1
+            continue
+        rows.append((names[ann["image_id"]], caption))
+    return rows, empty
+
+
+def _read_karpathy(path: Path):
+    d = _load_json(path)
+    if not isinstance(d, dict) or "images" not in d:
+        raise DataFormatError(path, None, "not a Karpathy split file (needs 'images')")
+    rows, empty = [], 0
+    for i, im in enumerate(d["images"]):
+        where = f"images[{i}]"
+        split = _KARPATHY_SPLITS.get(im.get("split"))
+        if split is None:
+            raise DataFormatError(path, None, f"{where} has split {im.get('split')!r}; expected one of "
+                                  f"{', '.join(_KARPATHY_SPLITS)}")
+        name = im.get("filename")
+        if not name:
+            raise DataFormatError(path, None, f"{where} has no 'filename'")
+        if im.get("filepath"):
+            name = f"{im['filepath']}/{name}"
+        name = _checked_name(name, path, where)
+        for s in im.get("sentences", []):
+            caption = (s.get("raw") or " ".join(s.get("tokens", []))).strip()
+            if not caption:
+                empty += 1
+                continue
+            rows.append((name, caption, split))
+    return rows, empty, d.get("dataset")
+
+
+def _find_images_root(folder: Path, images_dir) -> Path:
+    if images_dir is not None:
+        return Path(images_dir)
+    for name in _IMAGE_DIRS:
+        if (folder / name).is_dir():
+            return folder / name
+    return folder
+
+
+def _split_lists(folder: Path) -> dict[str, str]:
+    split_of = {}
+    for split, fname in _SPLIT_LISTS.items():
+        p = folder / fname
+        if p.is_file():
+            for n, line in _read_lines(p):
+                split_of[_checked_name(line, p, n)] = split
+    return split_of
+
+
+def seeded_split(images, seed: int = 0, holdout: float = 0.125, max_holdout: int = 1000) -> dict:
+    """train/dev/test for data sets that ship without split lists: dev and test each get
+    ``min(max_holdout, round(holdout × n))`` images, chosen by a seeded shuffle."""
+    images = sorted(set(images))
+    order = np.random.default_rng(seed).permutation(len(images))
+    k = min(max_holdout, int(round(holdout * len(images)))) if len(images) >= 3 else 0
+    split_of = {}
+    for rank, i in enumerate(order):
+        split_of[images[i]] = "test" if rank < k else "dev" if rank < 2 * k else "train"
+    return split_of
+
+
+def detect_format(path) -> tuple[str, Path]:
+    """(format name, captions file) for a captions file or a data-set folder."""
+    path = Path(path)
+    if not path.exists():
+        raise CaptioningError(f"{path}: no such file or folder")
+    if path.is_dir():
+        candidates = [("karpathy", sorted(path.glob("dataset_*.json")))]
+        candidates += [("flickr8k", [path / f for f in _TOKEN_FILES if (path / f).is_file()])]
+        candidates += [("flickr8k-kaggle", [p for p in [path / "captions.txt"] if p.is_file()])]
+        candidates += [("flickr30k", [p for p in [path / "results.csv"] if p.is_file()])]
+        coco = sorted(path.glob("captions_*.json")) + sorted(path.glob("annotations/captions_*.json"))
+        candidates += [("coco", coco)]
+        for fmt, files in candidates:
+            if files:
+                return fmt, files[0]
+        raise CaptioningError(
+            f"{path}: found no captions file. Expected one of Flickr8k.token.txt, captions.txt, "
+            "results.csv, captions_train2014.json or dataset_*.json (or pass the file itself).")
+    name = path.name.lower()
+    if name.endswith(".json"):
+        if name.startswith("dataset_"):
+            return "karpathy", path
+        if name.startswith("captions_"):
+            return "coco", path
+        d = _load_json(path)
+        return ("karpathy" if "annotations" not in d else "coco"), path
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        first = f.readline()
+    if first.lower().startswith("image_name|") or first.count("|") >= 2:
+        return "flickr30k", path
+    if first.strip().lower().replace(" ", "") .startswith("image,caption"):
+        return "flickr8k-kaggle", path
+    if "\t" in first:
+        return "flickr8k", path
+    raise CaptioningError(f"{path}: cannot tell the caption format from its first line {first[:60]!r}; "
+                          f"pass --format ({', '.join(FORMATS)})")
+
+
+def _captions_file_for(fmt: str, path: Path) -> Path:
+    if path.is_file():
+        return path
+    if fmt == "flickr8k-kaggle":
+        return path / "captions.txt"
+    if fmt == "flickr30k":
+        for f in ("results.csv", *_TOKEN_FILES):
+            if (path / f).is_file():
+                return path / f
+    if fmt == "flickr8k":
+        for f in _TOKEN_FILES:
+            if (path / f).is_file():
+                return path / f
+    detected, file = detect_format(path)
+    if detected != fmt:
+        raise CaptioningError(f"{path}: --format {fmt} given, but the folder holds {file.name} ({detected})")
+    return file
+
+
+def load_captions(path, format: str | None = None, images_dir=None, on_missing: str = "keep",
+                  split_seed: int = 0) -> CaptionDataset:
+    """Read a data set (a captions file or its folder) into a ``CaptionDataset``.
+
+    ``on_missing`` decides what happens to captions whose image file does not exist:
+    "keep" (do not look at the disk), "skip" (drop them, noted) or "error".
+    """
+    path = Path(path)
+    if on_missing not in ("keep", "skip", "error"):
+        raise ValueError("on_missing must be 'keep', 'skip' or 'error'")
+    if format is None:
+        format, file = detect_format(path)
+    elif format not in FORMATS:
+        raise CaptioningError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    else:
+        if not path.exists():
+            raise CaptioningError(f"{path}: no such file or folder")
+        file = _captions_file_for(format, path)
+    folder = file.parent
+    notes = []
+    dataset_name = folder.name.lower() or format  # names the default feature file
+
+    if format == "coco":
+        files = sorted(folder.glob("captions_*.json")) if path.is_dir() else [file]
+        root = Path(images_dir) if images_dir else (folder.parent if folder.name == "annotations" else folder)
+        rows, empty, val_images = [], 0, []
+        for f in files:
+            which = "val" if "val" in f.name else "train"
+            prefix = f.stem.replace("captions_", "")  # train2014 / val2014
+            if not (root / prefix).is_dir():
+                prefix = ""
+            r, e = _read_coco(f, prefix)
+            empty += e
+            rows += [(img, cap, "train" if which == "train" else None) for img, cap in r]
+            if which == "val":
+                val_images += [img for img, _ in r]
+        val = sorted(set(val_images))
+        order = np.random.default_rng(split_seed).permutation(len(val))
+        val_split = {val[i]: ("dev" if rank < len(val) // 2 else "test") for rank, i in enumerate(order)}
+        rows = [(i, c, s or val_split[i]) for i, c, s in rows]
+        if val:
+            notes.append("COCO val2014 images were split in seeded halves into dev and test "
+                         "(use the Karpathy split file for the standard 5,000/5,000).")
+        dataset_name = "coco"
+    elif format == "karpathy":
+        rows, empty, ds = _read_karpathy(file)
+        dataset_name = (ds or file.stem.replace("dataset_", "")).lower()
+        root = _find_images_root(folder, images_dir)
+    else:
+        if format == "flickr8k-kaggle":
+            reader = _read_kaggle_csv
+        elif format == "flickr30k" and file.suffix == ".csv":
+            reader = _read_flickr30k_csv
+        else:
+            reader = _read_token_file
+        rows, empty = reader(file)
+        root = _find_images_root(folder, images_dir)
+        split_of = _split_lists(folder)
+        if split_of:
+            unsplit = sorted({img for img, _ in rows} - set(split_of))
+            if unsplit:
+                notes.append(f"{len(unsplit)} captioned images are in no split list and are not "
+                             f"used for train/dev/test (e.g. {', '.join(unsplit[:3])}).")
+        else:
+            split_of = seeded_split([img for img, _ in rows], split_seed)
+            notes.append(f"no split lists found: seeded split (seed {split_seed}) of "
+                         f"{len(split_of)} images into train/dev/test.")
+        rows = [(img, cap, split_of.get(img, "")) for img, cap in rows]
+
+    if empty:
+        notes.append(f"{empty} empty captions skipped.")
+    bogus = sorted({r[0] for r in rows if not r[0].lower().endswith(IMAGE_SUFFIXES)})
+    if bogus:
+        notes.append(f"{len(bogus)} caption keys are not image file names: {', '.join(bogus[:3])}.")
+    table = pd.DataFrame(rows, columns=["image", "caption", "split"])
+    table["split"] = table["split"].fillna("")
+    if table.empty:
+        raise CaptioningError(f"{file}: no captions found")
+    dataset = CaptionDataset(table, root, format, file, dataset_name, notes)
+
+    if on_missing != "keep":
+        missing = dataset.missing_images()
+        if missing:
+            msg = (f"{len(missing)} of {table['image'].nunique()} captioned images are missing under "
+                   f"{root}: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+            if on_missing == "error":
+                raise CaptioningError(msg + "\n  Pass --on-missing skip to leave them out, or --images "
+                                      "to point at the right folder.")
+            dataset.table = table[~table["image"].isin(set(missing))].reset_index(drop=True)
+            notes.append(msg + " — skipped.")
+    return dataset

@@ -1,0 +1,18 @@
+"""The one exception type users see.
+
+A ``CaptioningError`` carries a message written for a person: what went wrong, where (file, line,
+image), and what to do. The CLI prints it without a traceback and exits with status 1.
+"""
+
+
+class CaptioningError(Exception):
+    """A problem with the user's input or environment, explained in the message."""
+
+
+class DataFormatError(CaptioningError):
+    """A captions file that cannot be parsed; the message names file and line."""
+
+    def __init__(self, path, line, problem, hint=""):
+        self.path, self.line, self.problem = str(path), line, problem
+        where = f"{path}, line {line}" if line else str(path)
+        super().__init__(f"{where}: {problem}" + (f"\n  {hint}" if hint else ""))
