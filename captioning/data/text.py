@@ -61,6 +61,9 @@ def _expand(text: str) -> str:
                 if low.endswith(suffix) and len(low) > len(suffix):
                     word = word[: -len(suffix)] + repl
                     break
+            else:
+                if low.endswith("'s"):  # possessive: "dog's" → "dog"
+                    word = word[:-2]
         words.append(word)
     return " ".join(words)
 

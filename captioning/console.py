@@ -1,0 +1,62 @@
+"""What the CLI shows people: quiet TensorFlow, progress bars, summaries."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+
+_quiet = True
+
+
+def configure(verbose: bool) -> None:
+    """Quiet by default: hide TensorFlow's C++ and Python log lines unless ``verbose``."""
+    global _quiet
+    _quiet = not verbose
+    if _quiet:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+        warnings.filterwarnings("ignore")
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """TensorFlow's C++ runtime prints before any log level applies; silence fd 2 meanwhile."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # notebooks: no real fd 2
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), fd)
+    try:
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def import_keras():
+    """Import Keras (and its backend) once, quietly unless verbose."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    ctx = _stderr_to_devnull() if _quiet and "tensorflow" not in sys.modules else contextlib.nullcontext()
+    with ctx:
+        import keras
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf  # noqa: F401  (first import is where the log wall comes from)
+            tf.get_logger().setLevel("ERROR")
+    return keras
+
+
+def progress(iterable=None, total=None, desc="", unit="it", disable=None):
+    """A tqdm bar with rate and ETA; off when not a terminal unless asked for."""
+    from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True,
+                disable=disable, mininterval=0.5, smoothing=0.1)
