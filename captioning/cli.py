@@ -38,7 +38,7 @@ def _cmd_extract(a):
         a.images_dir, backbone=a.backbone, weights=a.weights, out=a.out, batch_size=a.batch_size,
         pooling="spatial" if a.spatial else a.pooling, dtype=a.dtype, captions=a.captions,
         image_list=a.image_list, limit=a.limit, overwrite=a.overwrite,
-        mixed_precision=a.mixed_precision, workers=a.workers)
+        mixed_precision=a.mixed_precision, workers=a.workers, seed=a.seed)
     print(result.summary())
     return EXIT_PARTIAL if (a.strict and result.failed) else EXIT_OK
 
@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 3 if any image failed")
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU)")
     p.add_argument("--workers", type=int, default=0, help="decode threads (default: CPU count)")
+    p.add_argument("--seed", type=int, default=0, help="random init seed with --weights none")
     p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser("fit", help="train a decoder on cached features into a run folder")

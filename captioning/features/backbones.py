@@ -1,0 +1,92 @@
+"""Pretrained CNNs from ``keras.applications``, each with its own input size and preprocessing."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+from captioning.console import import_keras
+from captioning.errors import CaptioningError
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    name: str
+    constructor: str  # attribute of keras.applications
+    module: str  # keras.applications submodule holding preprocess_input
+    input_size: int
+    pooled_layer: str | None = None  # a named layer instead of global pooling (VGG16's fc2)
+
+    def preprocess(self, x):
+        """Scale a float32 batch of RGB 0..255 pixels the way this network was trained."""
+        keras = import_keras()
+        return getattr(keras.applications, self.module).preprocess_input(x)
+
+
+BACKBONES = {b.name: b for b in [
+    Backbone("xception", "Xception", "xception", 299),
+    Backbone("inception_v3", "InceptionV3", "inception_v3", 299),
+    Backbone("resnet50", "ResNet50", "resnet50", 224),
+    Backbone("resnet101", "ResNet101", "resnet", 224),
+    Backbone("vgg16", "VGG16", "vgg16", 224, pooled_layer="fc2"),
+    Backbone("densenet201", "DenseNet201", "densenet", 224),
+    Backbone("efficientnet_b0", "EfficientNetB0", "efficientnet", 224),
+    Backbone("inception_resnet_v2", "InceptionResNetV2", "inception_resnet_v2", 299),
+]}
+
+POOLINGS = ("avg", "max", "spatial")
+
+
+def get_backbone(name: str) -> Backbone:
+    try:
+        return BACKBONES[name.lower().replace("-", "_")]
+    except KeyError:
+        raise CaptioningError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
+
+
+def describe_weights(weights) -> str:
+    """How a store records the weights: 'imagenet', 'none' or 'file:NAME sha256:…'."""
+    if weights is None or str(weights).lower() == "none":
+        return "none"
+    if str(weights).lower() == "imagenet":
+        return "imagenet"
+    path = Path(weights)
+    if not path.is_file():
+        raise CaptioningError(f"--weights {weights}: no such file. Use imagenet, none, or the path of a "
+                              "Keras weights file (.weights.h5) for this backbone.")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"file:{path.name} sha256:{digest.hexdigest()[:16]}"
+
+
+def build_model(backbone: Backbone, weights="imagenet", pooling: str = "avg"):
+    """The feature extractor: images (N, S, S, 3) → (N, D) pooled or (N, H, W, C) spatial."""
+    keras = import_keras()
+    if pooling not in POOLINGS:
+        raise CaptioningError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    w = None if str(weights).lower() == "none" else weights
+    constructor = getattr(keras.applications, backbone.constructor)
+    use_top = backbone.pooled_layer is not None and pooling != "spatial"
+    kwargs = dict(include_top=use_top, weights=w,
+                  input_shape=(backbone.input_size, backbone.input_size, 3))
+    if not use_top:
+        kwargs["pooling"] = None if pooling == "spatial" else pooling
+    try:
+        model = constructor(**kwargs)
+    except Exception as e:  # noqa: BLE001 — turned into an explanation, original chained
+        if w == "imagenet":
+            raise CaptioningError(
+                f"could not load ImageNet weights for {backbone.name} ({type(e).__name__}: {e}).\n"
+                "  Keras downloads them on first use, which needs internet. Offline, either\n"
+                "  --weights none   (random initialisation: fine for trying the pipeline, poor captions), or\n"
+                "  --weights PATH   (a weights file copied from a machine with internet, e.g. from\n"
+                "                    ~/.keras/models/ there).") from e
+        if w is not None:
+            raise CaptioningError(f"could not load weights from {w} into {backbone.name}: {e}") from e
+        raise
+    if use_top:
+        model = keras.Model(model.input, model.get_layer(backbone.pooled_layer).output, name=backbone.name)
+    return model

@@ -1,0 +1,156 @@
+"""Stage 1: run a CNN over an image folder once and cache one vector per image.
+
+Decoding and resizing run on a thread pool (Pillow releases the GIL) one batch ahead of the model,
+so the CPU/GPU never waits for JPEGs; each finished batch is committed to the store at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from captioning import __version__
+from captioning.console import import_keras, progress
+from captioning.errors import CaptioningError
+from captioning.features.backbones import build_model, describe_weights, get_backbone
+from captioning.features.images import RESIZE, ImageError, load_image
+from captioning.features.store import FeatureStore, FeatureStoreWriter
+from captioning.data.formats import IMAGE_SUFFIXES
+
+
+@dataclasses.dataclass
+class ExtractionResult:
+    store: FeatureStore
+    written: int
+    skipped: int
+    failed: list  # (image id, reason) from this run
+    seconds: float
+
+    def summary(self) -> str:
+        rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        lines = [f"Wrote {self.written} feature vectors to {self.store.path} in {self.seconds:.1f} s "
+                 f"({rate:.1f} images/s); {self.skipped} already there were kept; {len(self.failed)} "
+                 f"failed. The store now holds {len(self.store)} images: {self.store.describe()}."]
+        for image_id, reason in self.failed[:10]:
+            lines.append(f"  failed: {image_id}: {reason}")
+        if len(self.failed) > 10:
+            lines.append(f"  … and {len(self.failed) - 10} more (listed in the store's failed table)")
+        return "\n".join(lines)
+
+
+def list_images(images_dir, captions=None, image_list=None) -> list[str]:
+    """Image ids (paths relative to ``images_dir``) in a stable order."""
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise CaptioningError(f"{root}: no such images folder")
+    if captions is not None:
+        from captioning.data import load_captions
+        return load_captions(captions, images_dir=root).images()
+    if image_list is not None:
+        lines = Path(image_list).read_text(encoding="utf-8-sig").splitlines()
+        return list(dict.fromkeys(line.strip() for line in lines if line.strip()))
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def default_output(images_dir, backbone: str, pooling: str) -> Path:
+    root = Path(images_dir).resolve()
+    name = root.parent.name if root.name.lower() in ("images", "flicker8k_dataset", "flickr30k_images") else root.name
+    suffix = "_spatial" if pooling == "spatial" else ""
+    return Path("features") / f"{name.lower()}_{backbone}{suffix}.h5"
+
+
+def _submit_batch(pool, root: Path, ids, size):
+    return ids, [pool.submit(load_image, root / i, size) for i in ids]
+
+
+def _collect_batch(ids, futures):
+    ok_ids, arrays, failed = [], [], []
+    for image_id, fut in zip(ids, futures):
+        try:
+            arrays.append(fut.result())
+            ok_ids.append(image_id)
+        except ImageError as e:
+            failed.append((image_id, str(e)))
+    return ok_ids, arrays, failed
+
+
+def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet", out=None,
+                     batch_size: int = 32, pooling: str = "avg", dtype: str = "float32", captions=None,
+                     image_list=None, limit: int | None = None, overwrite: bool = False,
+                     mixed_precision: bool = False, workers: int = 0, seed: int = 0,
+                     show_progress=None) -> ExtractionResult:
+    """Extract features for every image under ``images_dir`` (or those a data set captions) into
+    an HDF5 ``FeatureStore``; re-running with the same ``out`` resumes."""
+    bb = get_backbone(backbone)
+    root = Path(images_dir)
+    ids = list_images(root, captions, image_list)
+    if limit is not None:
+        ids = ids[:limit]
+    if not ids:
+        raise CaptioningError(f"{root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    out = Path(out) if out else default_output(root, bb.name, pooling)
+    keras = import_keras()
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    model = None
+    weights_id = describe_weights(weights)
+    if weights_id == "none":
+        # Random init must be reproducible, or a resumed store would mix two different networks.
+        keras.utils.set_random_seed(seed)
+        weights_id = f"none (random init, seed {seed})"
+    attrs = {"backbone": bb.name, "weights": weights_id, "pooling": pooling,
+             "input_size": bb.input_size, "preprocessing": f"keras.applications.{bb.module}.preprocess_input",
+             "resize": RESIZE, "color": "RGB (alpha composited on white)", "dtype": dtype,
+             "captioning_version": __version__, "keras_version": keras.__version__,
+             "backend": keras.backend.backend(), "mixed_precision": bool(mixed_precision),
+             "images_root": str(root.resolve()),
+             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    # The output shape is part of the identity; it needs the model, which is built once here.
+    model = build_model(bb, weights, pooling)
+    shape = tuple(int(d) for d in model.output.shape[1:])
+    attrs["feature_shape"] = [shape[0] * shape[1], shape[2]] if pooling == "spatial" else list(shape)
+    if pooling == "spatial":
+        attrs["grid"] = [shape[0], shape[1]]
+    attrs["feature_dim"] = int(attrs["feature_shape"][-1])
+    writer = FeatureStoreWriter(out, attrs, overwrite=overwrite)
+    todo = [i for i in ids if i not in writer.done]
+    skipped = len(ids) - len(todo)
+    failed_all = []
+    start = time.perf_counter()
+    written = 0
+    completed = False
+    workers = workers or max(2, os.cpu_count() or 2)
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    bar = progress(total=len(todo), desc=f"{bb.name} features", unit="img",
+                   disable=None if show_progress is None else not show_progress)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            pending = _submit_batch(pool, root, batches[0], bb.input_size) if batches else None
+            for k in range(len(batches)):
+                ok_ids, arrays, failed = _collect_batch(*pending)
+                # Decode the next batch while the model works on this one.
+                pending = (_submit_batch(pool, root, batches[k + 1], bb.input_size)
+                           if k + 1 < len(batches) else None)
+                feats = np.zeros((0, *attrs["feature_shape"]), dtype)
+                if arrays:
+                    x = np.zeros((batch_size, bb.input_size, bb.input_size, 3), np.float32)
+                    x[:len(arrays)] = np.stack(arrays)  # fixed batch shape: no retracing
+                    y = np.asarray(model.predict_on_batch(bb.preprocess(x)))[:len(arrays)]
+                    feats = y.reshape(len(arrays), *attrs["feature_shape"]).astype(dtype)
+                writer.write_batch(ok_ids, feats, failed)
+                written += len(ok_ids)
+                failed_all += failed
+                bar.update(len(batches[k]))
+        completed = True
+    finally:
+        bar.close()
+        # Also on Ctrl-C or an error: merge what was done so nothing finished is lost.
+        store = writer.finalize(completed=completed and len(writer.done) >= len(set(ids)) - len(failed_all))
+    return ExtractionResult(store, written, skipped, failed_all, time.perf_counter() - start)

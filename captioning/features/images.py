@@ -1,0 +1,53 @@
+"""Decode any image file a user might have into an RGB array, or say exactly why not."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold
+RESIZE = "bilinear"  # recorded in every store, so inference resizes the same way
+
+
+class ImageError(Exception):
+    """An image that cannot be used; the message is the reason recorded in the store."""
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / 32-bit grayscale
+        a = np.asarray(im, dtype=np.float32)
+        hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(a / hi * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, im).convert("RGB")
+    return im.convert("RGB")
+
+
+def load_image(path, size: int) -> np.ndarray:
+    """(size, size, 3) uint8 RGB; raises ``ImageError`` with the reason for anything unusable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise ImageError(f"image too large ({w}×{h} pixels; limit {MAX_PIXELS:,})")
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                rgb = _to_rgb(im).resize((size, size), Image.BILINEAR)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image file (or an unsupported format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"image too large: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt data
+        raise ImageError(f"corrupt or truncated image: {e}") from None
+    return np.asarray(rgb, dtype=np.uint8)

@@ -1,0 +1,217 @@
+"""``FeatureStore``: one CNN vector (or grid) per image in an HDF5 file that explains itself.
+
+Layout: ``features`` (N, D) or (N, H·W, C); ``image_ids`` (UTF-8, relative to the images root,
+unique); ``failed/image_ids`` + ``failed/reasons``; attributes naming the backbone, weights, input
+size, pooling, preprocessing, versions and whether the extraction completed.
+
+Crash safety: HDF5 files are not safe to kill mid-write, so a running extraction never writes into
+the store itself. Each batch becomes a small segment file, written under a temporary name and
+renamed (atomic), in ``<store>.partial/``. At the end the segments are merged into a new store that
+replaces the old one by rename. A run killed at any moment loses at most the batch in flight; the
+next run with the same output reads the store and the segments and carries on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from captioning.errors import CaptioningError
+
+IDENTITY = ("backbone", "weights", "pooling", "input_size", "feature_shape")
+_STR = h5py.string_dtype("utf-8")
+
+
+def _attrs(f: h5py.File) -> dict:
+    out = {}
+    for k, v in f.attrs.items():
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+def _strings(ds) -> list[str]:
+    return [s.decode("utf-8") if isinstance(s, bytes) else s for s in ds[()]] if len(ds) else []
+
+
+def partial_dir(path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+class FeatureStore:
+    """Read side: lazy, row-by-id access. ``store[["a.jpg", "b.jpg"]]`` reads only those rows."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            hint = ""
+            if partial_dir(self.path).is_dir():
+                hint = (f" An interrupted extraction left batches in {partial_dir(self.path)}: run the same "
+                        "`captioning extract-features` command again to complete the store.")
+            raise CaptioningError(f"{self.path}: no feature store here.{hint}")
+        try:
+            self._file = h5py.File(self.path, "r")
+            self._features = self._file["features"]
+            self.ids = _strings(self._file["image_ids"])
+        except (OSError, KeyError) as e:
+            raise CaptioningError(f"{self.path}: not a readable feature store ({e})") from e
+        self.attrs = _attrs(self._file)
+        self.index = {image_id: row for row, image_id in enumerate(self.ids)}
+        failed = self._file.get("failed")
+        self.failed = dict(zip(_strings(failed["image_ids"]), _strings(failed["reasons"]))) if failed else {}
+
+    open = classmethod(lambda cls, path: cls(path))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, image_id) -> bool:
+        return image_id in self.index
+
+    @property
+    def feature_shape(self) -> tuple:
+        return tuple(self._features.shape[1:])
+
+    @property
+    def dtype(self):
+        return self._features.dtype
+
+    def rows(self, rows) -> np.ndarray:
+        """Features of the given row numbers, in that order (h5py needs sorted unique indices)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return np.zeros((0, *self.feature_shape), self.dtype)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        return self._features[unique][inverse]
+
+    def __getitem__(self, image_ids) -> np.ndarray:
+        if isinstance(image_ids, str):
+            return self.rows([self._row(image_ids)])[0]
+        return self.rows([self._row(i) for i in image_ids])
+
+    def _row(self, image_id) -> int:
+        try:
+            return self.index[image_id]
+        except KeyError:
+            raise KeyError(f"{image_id!r} is not in the feature store {self.path}") from None
+
+    def describe(self) -> str:
+        a = self.attrs
+        state = "complete" if a.get("completed") else "incomplete (re-run extract-features to finish)"
+        return (f"{self.path}: {len(self)} images × {self.feature_shape} {self.dtype} — {a.get('backbone')} "
+                f"(weights {a.get('weights')}, {a.get('pooling')} pooling, {a.get('input_size')} px), "
+                f"{len(self.failed)} failed, {state}")
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class FeatureStoreWriter:
+    """Write side of an extraction: knows what is done, appends batches crash-safely, merges at the end."""
+
+    def __init__(self, path, attrs: dict, overwrite: bool = False):
+        self.path, self.attrs = Path(path), dict(attrs)
+        self.parts = partial_dir(self.path)
+        existing = self._existing_identity()
+        if existing is not None and any(existing.get(k) != attrs.get(k) for k in IDENTITY):
+            if not overwrite:
+                diff = ", ".join(f"{k}: stored {existing.get(k)!r}, asked {attrs.get(k)!r}"
+                                 for k in IDENTITY if existing.get(k) != attrs.get(k))
+                raise CaptioningError(
+                    f"{self.path} was made differently ({diff}). Features of different models must "
+                    "not be mixed: choose another --out, or pass --overwrite to replace it.")
+            self.path.unlink(missing_ok=True)
+            shutil.rmtree(self.parts, ignore_errors=True)
+        self.parts.mkdir(parents=True, exist_ok=True)
+        self._next = 1 + max((int(p.stem.split("-")[1]) for p in self._segments()), default=0)
+        self.done = set(self._stored_ids())
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.parts.glob("seg-*.h5")) if self.parts.is_dir() else []
+
+    def _existing_identity(self):
+        for p in ([self.path] if self.path.is_file() else []) + self._segments():
+            try:
+                with h5py.File(p, "r") as f:
+                    return _attrs(f)
+            except OSError as e:
+                raise CaptioningError(f"{p}: exists but is not a readable HDF5 file ({e}); move it away "
+                                      "or pass --overwrite.") from e
+        return None
+
+    def _stored_ids(self):
+        for p in ([self.path] if self.path.is_file() else []) + self._segments():
+            with h5py.File(p, "r") as f:
+                yield from _strings(f["image_ids"])
+
+    def write_batch(self, ids: list[str], features: np.ndarray, failed=()):
+        """One atomic segment: a kill before the rename leaves only a temp file, ignored later."""
+        seg = self.parts / f"seg-{self._next:06d}.h5"
+        tmp = seg.with_suffix(".tmp")
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(self.attrs)
+            f.create_dataset("features", data=np.asarray(features, dtype=self.attrs["dtype"]))
+            f.create_dataset("image_ids", data=np.array(ids, dtype=object), dtype=_STR)
+            f.create_dataset("failed_ids", data=np.array([i for i, _ in failed], dtype=object), dtype=_STR)
+            f.create_dataset("failed_reasons", data=np.array([r for _, r in failed], dtype=object), dtype=_STR)
+        os.replace(tmp, seg)
+        self._next += 1
+        self.done.update(ids)
+
+    def finalize(self, completed: bool) -> FeatureStore:
+        """Merge the store and its segments into a fresh file, swap it in, drop the segments."""
+        sources = ([self.path] if self.path.is_file() else []) + self._segments()
+        shape = tuple(self.attrs["feature_shape"])
+        n = 0
+        for p in sources:
+            with h5py.File(p, "r") as f:
+                n += len(f["image_ids"])
+        row_bytes = int(np.prod(shape)) * np.dtype(self.attrs["dtype"]).itemsize
+        chunk_rows = max(1, min(max(n, 1), (1 << 20) // row_bytes))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ids, failed, row = [], {}, 0
+        with h5py.File(tmp, "w") as out:
+            out.attrs.update(self.attrs)
+            feats = out.create_dataset("features", shape=(n, *shape), dtype=self.attrs["dtype"],
+                                       chunks=(chunk_rows, *shape), maxshape=(None, *shape))
+            for p in sources:
+                with h5py.File(p, "r") as f:
+                    src_ids = _strings(f["image_ids"])
+                    for start in range(0, len(src_ids), 4096):
+                        block = f["features"][start:start + 4096]
+                        feats[row:row + len(block)] = block
+                        row += len(block)
+                    ids += src_ids
+                    if "failed" in f:
+                        failed.update(zip(_strings(f["failed"]["image_ids"]), _strings(f["failed"]["reasons"])))
+                    elif "failed_ids" in f:
+                        failed.update(zip(_strings(f["failed_ids"]), _strings(f["failed_reasons"])))
+            if len(set(ids)) != len(ids):
+                raise CaptioningError(f"{self.path}: duplicate image ids while merging; this is a bug — "
+                                      f"the segments in {self.parts} are kept for inspection.")
+            stored = set(ids)
+            failed = {k: v for k, v in failed.items() if k not in stored}  # later retries succeeded
+            out.create_dataset("image_ids", data=np.array(ids, dtype=object), dtype=_STR)
+            g = out.create_group("failed")
+            g.create_dataset("image_ids", data=np.array(list(failed), dtype=object), dtype=_STR)
+            g.create_dataset("reasons", data=np.array(list(failed.values()), dtype=object), dtype=_STR)
+            out.attrs["completed"] = bool(completed)
+            out.attrs["n_images"] = len(ids)
+        os.replace(tmp, self.path)
+        shutil.rmtree(self.parts, ignore_errors=True)
+        return FeatureStore(self.path)

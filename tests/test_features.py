@@ -1,0 +1,160 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from captioning.cli import main
+from captioning.errors import CaptioningError
+from captioning.features import FeatureStore, extract_features
+from captioning.features.images import ImageError, load_image
+from captioning.features.store import FeatureStoreWriter, partial_dir
+
+BACKBONE = "efficientnet_b0"  # the fastest backbone whose random-init features are not degenerate
+
+
+def attrs(shape=(3,), **kw):
+    return {"backbone": "x", "weights": "none", "pooling": "avg", "input_size": 8,
+            "feature_shape": list(shape), "dtype": "float32", **kw}
+
+
+def test_store_layout_lazy_reads_and_unique_ids(tmp_path):
+    w = FeatureStoreWriter(tmp_path / "s.h5", attrs())
+    w.write_batch(["a.jpg", "b.jpg"], np.arange(6).reshape(2, 3), failed=[("bad.jpg", "corrupt")])
+    w.write_batch(["sub/c.jpg"], np.full((1, 3), 9.0))
+    store = w.finalize(completed=True)
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f["features"].shape == (3, 3) and f["features"].chunks is not None
+        assert f.attrs["completed"] and f.attrs["backbone"] == "x"
+        assert list(f["failed/reasons"].asstr()[()]) == ["corrupt"]
+    assert store.ids == ["a.jpg", "b.jpg", "sub/c.jpg"] and store.failed == {"bad.jpg": "corrupt"}
+    np.testing.assert_array_equal(store[["sub/c.jpg", "a.jpg", "a.jpg"]], [[9, 9, 9], [0, 1, 2], [0, 1, 2]])
+    np.testing.assert_array_equal(store["b.jpg"], [3, 4, 5])
+    with pytest.raises(KeyError, match="nope.jpg"):
+        store["nope.jpg"]
+    assert not partial_dir(tmp_path / "s.h5").exists()
+    # A second writer appends without duplicating what is stored.
+    w2 = FeatureStoreWriter(tmp_path / "s.h5", attrs())
+    assert w2.done == {"a.jpg", "b.jpg", "sub/c.jpg"}
+    store.close()
+    w2.write_batch(["bad.jpg"], np.ones((1, 3)))
+    store = w2.finalize(completed=True)
+    assert len(store) == 4 and store.failed == {}
+
+
+def test_mismatched_store_is_refused_unless_overwrite(tmp_path):
+    FeatureStoreWriter(tmp_path / "s.h5", attrs()).finalize(True).close()
+    with pytest.raises(CaptioningError, match=r"made differently \(backbone: stored 'x', asked 'y'.*--overwrite"):
+        FeatureStoreWriter(tmp_path / "s.h5", attrs(backbone="y"))
+    w = FeatureStoreWriter(tmp_path / "s.h5", attrs(backbone="y"), overwrite=True)
+    assert w.done == set()
+
+
+def test_opening_an_interrupted_store_explains(tmp_path):
+    w = FeatureStoreWriter(tmp_path / "s.h5", attrs())
+    w.write_batch(["a.jpg"], np.ones((1, 3)))
+    with pytest.raises(CaptioningError, match="interrupted extraction.*run the same"):
+        FeatureStore.open(tmp_path / "s.h5")
+
+
+def make_bad_images(d):
+    d.mkdir(parents=True, exist_ok=True)
+    rgb = Image.new("RGB", (40, 30), (200, 10, 10))
+    rgb.save(d / "good.jpg")
+    data = (d / "good.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (d / "text.jpg").write_bytes(b"this is not an image at all")
+    (d / "empty.jpg").write_bytes(b"")
+    rgb.convert("L").save(d / "gray.jpg")
+    rgb.convert("CMYK").save(d / "cmyk.jpg")
+    rgb.convert("P").save(d / "palette.png")
+    Image.new("RGBA", (20, 20), (0, 0, 255, 0)).save(d / "rgba.png")
+    Image.new("LA", (20, 20), (0, 128)).save(d / "la.png")
+    Image.fromarray(np.full((20, 20), 65535, np.uint16)).save(d / "sixteen.png")
+    Image.new("RGB", (1, 1), (1, 2, 3)).save(d / "tiny.png")
+    Image.new("1", (20000, 20000)).save(d / "bomb.png")  # ~400 Mpx, a few KB on disk
+    return {"truncated.jpg", "text.jpg", "empty.jpg", "bomb.png"}
+
+
+def test_load_image_conversions_and_reasons(tmp_path):
+    bad = make_bad_images(tmp_path)
+    for p in sorted(tmp_path.iterdir()):
+        if p.name in bad:
+            with pytest.raises(ImageError):
+                load_image(p, 16)
+        else:
+            a = load_image(p, 16)
+            assert a.shape == (16, 16, 3) and a.dtype == np.uint8
+    assert (load_image(tmp_path / "rgba.png", 4) == 255).all()  # transparent → white background
+    assert (load_image(tmp_path / "sixteen.png", 4) == 255).all()  # 16-bit white stays white
+    with pytest.raises(ImageError, match="too large"):
+        load_image(tmp_path / "bomb.png", 4)
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(tmp_path / "text.jpg", 4)
+
+
+def test_bad_images_never_stop_the_run(tmp_path, capsys):
+    bad = make_bad_images(tmp_path / "imgs")
+    out = tmp_path / "f.h5"
+    args = ["extract-features", str(tmp_path / "imgs"), "--backbone", BACKBONE, "--weights", "none",
+            "--out", str(out), "--batch-size", "4"]
+    assert main(args) == 0
+    assert "4 failed" in capsys.readouterr().out
+    with FeatureStore.open(out) as store:
+        assert set(store.failed) == bad and len(store) == 8 and store.attrs["completed"]
+    assert main(args + ["--strict"]) == 3  # failures retried, still failing → non-zero with --strict
+
+
+def test_float16_spatial_and_attributes(sample_dir, tmp_path):
+    r = extract_features(sample_dir / "Images", backbone=BACKBONE, weights="none", out=tmp_path / "sp.h5",
+                         pooling="spatial", dtype="float16", limit=3, batch_size=2, show_progress=False)
+    s = r.store
+    assert s.feature_shape == (49, 1280) and s.dtype == np.float16 and s.attrs["grid"] == [7, 7]
+    for key in ("backbone", "weights", "input_size", "pooling", "feature_dim", "keras_version",
+                "captioning_version", "preprocessing", "completed"):
+        assert key in s.attrs
+    assert s.attrs["weights"].startswith("none (random init, seed 0)")
+    assert len(set(s.ids)) == len(s.ids) == 3
+
+
+def test_captions_restrict_and_default_output(sample_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = extract_features(sample_dir / "Images", backbone=BACKBONE, weights="none", limit=2,
+                         captions=sample_dir, show_progress=False)
+    assert r.store.path.resolve() == tmp_path / "features" / f"sample_{BACKBONE}.h5"
+    assert r.store.ids == ["sample_00000.jpg", "sample_00001.jpg"]
+
+
+_CHILD = """
+import sys
+from captioning.features import extract_features
+extract_features(sys.argv[1], backbone=sys.argv[2], weights="none", out=sys.argv[3], batch_size=2,
+                 show_progress=False, workers=1)
+"""
+
+
+def test_resume_after_kill_matches_uninterrupted_run(sample_dir, tmp_path):
+    images = sample_dir / "Images"
+    out = tmp_path / "killed.h5"
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(images), BACKBONE, str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(partial_dir(out).glob("seg-*.h5"))) < 3:
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    segments = list(partial_dir(out).glob("seg-*.h5"))
+    assert len(segments) >= 3 and not out.exists(), "the child should have been killed mid-run"
+    resumed = extract_features(images, backbone=BACKBONE, weights="none", out=out, batch_size=2,
+                               show_progress=False)
+    assert resumed.skipped >= 6 and resumed.written == 60 - resumed.skipped
+    full = extract_features(images, backbone=BACKBONE, weights="none", out=tmp_path / "full.h5",
+                            batch_size=2, show_progress=False).store
+    store = resumed.store
+    assert sorted(store.ids) == sorted(full.ids) and len(set(store.ids)) == 60
+    np.testing.assert_allclose(store[full.ids], full[full.ids], rtol=1e-4, atol=1e-4)
