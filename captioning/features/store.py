@@ -113,6 +113,13 @@ class FeatureStore:
     def close(self):
         self._file.close()
 
+    # Keras' multiprocessing workers copy the dataset: send the path and reopen there.
+    def __getstate__(self):
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
     def __enter__(self):
         return self
 
