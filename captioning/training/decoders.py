@@ -69,7 +69,9 @@ def build_decoder(cfg: DecoderConfig, sequences: bool = False):
     length = cfg.max_length - 1 if cfg.type == "inject" else None  # longest prefix: all but endseq
     caption = keras.Input((length,), dtype="int32", name="caption")
     embed = L.Embedding(cfg.vocab_size, cfg.embed_dim, mask_zero=True, name="embedding")(caption)
-    img = L.Dropout(cfg.dropout, name="image_dropout")(image)
+    from captioning.training.layers import FeatureStandardization
+    img = FeatureStandardization(name="image_norm")(image)
+    img = L.Dropout(cfg.dropout, name="image_dropout")(img)
     if cfg.type == "merge":
         img = L.Dense(cfg.units, activation="relu", name="image_dense")(img)
         seq = _rnn(cfg, "rnn", sequences)(L.Dropout(cfg.dropout, name="caption_dropout")(embed))

@@ -14,6 +14,7 @@ from captioning.data.text import CleaningOptions
 from captioning.errors import CaptioningError
 from captioning.features import FeatureStore
 from captioning.training.decoders import DecoderConfig, build_decoder
+from captioning.training.layers import feature_statistics
 from captioning.training.runs import load_config, plot_history, save_config
 from captioning.training.sequences import CaptionSequence, EncodedCaptions, PairSequence
 
@@ -155,6 +156,8 @@ def fit(captions, features, out, options: FitOptions = FitOptions(), format=None
         initial_epoch = json.loads((ckpt / "state.json").read_text())["epochs_done"]
     else:
         model = build_decoder(cfg, sequences=fast)
+        model.get_layer("image_norm").set_statistics(
+            *feature_statistics(store, [store.index[i] for i in train["image"].unique()]))
         model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
                       loss="sparse_categorical_crossentropy",
                       weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),

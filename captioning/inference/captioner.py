@@ -1,0 +1,108 @@
+"""``Captioner``: a run folder in, captions out — from image files, arrays or stored features."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from captioning.console import import_keras
+from captioning.data import Vocabulary
+from captioning.errors import CaptioningError
+from captioning.inference.search import Greedy, to_captions
+from captioning.inference.steps import step_model
+from captioning.training.runs import load_config
+
+
+class Captioner:
+    def __init__(self, model, vocab: Vocabulary, config: dict, run_dir=None, weights=None):
+        self.model, self.vocab, self.config, self.run_dir = model, vocab, config, run_dir
+        self.decoder = config["decoder"]
+        self.steps = step_model(model, self.decoder["type"], self.decoder["max_length"])
+        self._weights_override = weights
+        self._backbone = None
+
+    @classmethod
+    def load(cls, run_dir, weights=None) -> "Captioner":
+        """Load ``model.keras`` (safe mode), ``vocab.json`` and ``config.json`` from a run folder.
+        ``weights`` overrides the backbone weights file recorded as ``file:…``."""
+        keras = import_keras()
+        run_dir = Path(run_dir)
+        config = load_config(run_dir)
+        if not (run_dir / "model.keras").is_file():
+            raise CaptioningError(f"{run_dir}: no model.keras — the run did not finish; "
+                                  "continue it with `captioning fit ... --resume`.")
+        model = keras.models.load_model(run_dir / "model.keras", safe_mode=True, compile=False)
+        return cls(model, Vocabulary.load(run_dir / "vocab.json"), config, run_dir, weights)
+
+    # --- from features -------------------------------------------------------------------------
+    def caption_features(self, features, strategy=None, max_length=None, batch_size: int = 256) -> list:
+        """Captions for feature vectors as stored by ``extract-features`` (N, D)."""
+        strategy = strategy or Greedy()
+        max_length = max_length or self.decoder["max_length"]
+        features = np.asarray(features, np.float32)
+        out = []
+        for i in range(0, len(features), batch_size):
+            hyps = strategy(self.steps, features[i:i + batch_size], self.vocab.start_id, self.vocab.end_id,
+                            max_length)
+            out += to_captions(hyps, self.vocab)
+        return out
+
+    # --- from pixels ---------------------------------------------------------------------------
+    @property
+    def backbone(self):
+        """The CNN that made the training features, rebuilt from the run's record."""
+        if self._backbone is None:
+            from captioning.features.backbones import build_model, get_backbone
+            keras = import_keras()
+            f = self.config["features"]
+            weights = str(f["weights"])
+            if weights.startswith("none"):
+                seed = re.search(r"seed (\d+)", weights)
+                keras.utils.set_random_seed(int(seed.group(1)) if seed else 0)  # same random init
+                weights = "none"
+            elif weights.startswith("file:"):
+                if not self._weights_override:
+                    raise CaptioningError(f"this run's features came from a local weights file ({weights}); "
+                                          "pass its path: Captioner.load(run, weights=PATH).")
+                weights = self._weights_override
+            bb = get_backbone(f["backbone"])
+            self._backbone = (bb, build_model(bb, weights, f["pooling"]))
+        return self._backbone
+
+    def image_features(self, images) -> np.ndarray:
+        """Pooled features for image paths or uint8 RGB arrays, preprocessed as in extraction."""
+        from PIL import Image
+
+        from captioning.features.images import load_image
+        bb, model = self.backbone
+        arrays = []
+        for im in images:
+            if isinstance(im, np.ndarray):
+                arrays.append(np.asarray(Image.fromarray(im.astype(np.uint8)).convert("RGB")
+                                         .resize((bb.input_size, bb.input_size), Image.BILINEAR)))
+            else:
+                arrays.append(load_image(im, bb.input_size))
+        x = bb.preprocess(np.stack(arrays).astype(np.float32))
+        return np.asarray(model.predict_on_batch(x)).reshape(len(arrays), -1)
+
+    def caption(self, images, strategy=None, max_length=None) -> list:
+        """Captions for image paths or arrays (raises on an unreadable image)."""
+        return self.caption_features(self.image_features(images), strategy, max_length)
+
+    def caption_files(self, paths, strategy=None, max_length=None, batch_size: int = 32) -> list:
+        """(path, Caption or the exception) per file: a bad file never stops the others."""
+        from captioning.features.images import ImageError, load_image
+        bb, _ = self.backbone
+        results, good = {}, []
+        for p in paths:
+            try:
+                good.append((p, load_image(p, bb.input_size)))
+            except ImageError as e:
+                results[p] = e
+        for i in range(0, len(good), batch_size):
+            chunk = good[i:i + batch_size]
+            caps = self.caption([a for _, a in chunk], strategy, max_length)
+            results.update({p: c for (p, _), c in zip(chunk, caps)})
+        return [(p, results[p]) for p in paths]
