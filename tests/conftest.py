@@ -11,3 +11,21 @@ def sample_dir(tmp_path_factory):
     """A small built-in sample data set shared by the tests that only read it."""
     from captioning.data import make_sample
     return make_sample(tmp_path_factory.mktemp("sample") / "sample", images=60, seed=1)
+
+
+BACKBONE = "efficientnet_b0"  # fastest backbone whose random-init features are not degenerate
+
+
+@pytest.fixture(scope="session")
+def learnable(tmp_path_factory):
+    """A 150-image sample set, its feature store and a merge decoder fitted on it."""
+    from captioning.data import make_sample
+    from captioning.features import extract_features
+    from captioning.training import FitOptions, fit
+    root = tmp_path_factory.mktemp("learnable")
+    data = make_sample(root / "sample", images=150, seed=2)
+    store = extract_features(data / "Images", backbone=BACKBONE, weights="none", out=root / "f.h5",
+                             show_progress=False).store
+    result = fit(data, store.path, root / "run", FitOptions(epochs=25, batch_size=16, units=128, embed_dim=64,
+                                                           dropout=0.3, patience=5), verbose=0)
+    return {"data": data, "features": store.path, "run": root / "run", "fit": result}

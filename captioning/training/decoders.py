@@ -2,7 +2,8 @@
 
 Every decoder is built by one function with a ``sequences`` switch:
 - ``sequences=False``: (image features, partial caption) → next-word distribution. This is the
-  model saved as ``model.keras`` and the one the pairs Sequence trains.
+  model saved as ``model.keras`` and the one the pairs Sequence trains. For causal decoders it is
+  the same graph plus ``LastValidStep``, which picks each row's last real step.
 - ``sequences=True``: (image features, whole caption) → a distribution at every step. For causal
   decoders the mean loss over all partial-caption pairs equals the masked mean loss of this single
   teacher-forced pass, so it trains the same objective many times faster ("fast path").
@@ -54,6 +55,17 @@ class DecoderConfig:
         return dataclasses.asdict(self)
 
 
+def caption_loss():
+    """Cross-entropy averaged over real (weighted) tokens, never over padding.
+
+    The default reduction divides by every element when a sample weight arrives without a mask
+    (merge's broadcast Add drops the mask), which would count padding; dividing by the summed
+    weights gives the same masked mean as the partial-caption pairs in every decoder.
+    """
+    keras = import_keras()
+    return keras.losses.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")
+
+
 def _rnn(cfg: DecoderConfig, name: str, return_sequences: bool):
     keras = import_keras()
     cls = keras.layers.LSTM if cfg.rnn == "lstm" else keras.layers.GRU
@@ -69,26 +81,25 @@ def build_decoder(cfg: DecoderConfig, sequences: bool = False):
     length = cfg.max_length - 1 if cfg.type == "inject" else None  # longest prefix: all but endseq
     caption = keras.Input((length,), dtype="int32", name="caption")
     embed = L.Embedding(cfg.vocab_size, cfg.embed_dim, mask_zero=True, name="embedding")(caption)
-    from captioning.training.layers import FeatureStandardization
+    from captioning.training.layers import FeatureStandardization, LastValidStep
     img = FeatureStandardization(name="image_norm")(image)
     img = L.Dropout(cfg.dropout, name="image_dropout")(img)
     if cfg.type == "merge":
         img = L.Dense(cfg.units, activation="relu", name="image_dense")(img)
-        seq = _rnn(cfg, "rnn", sequences)(L.Dropout(cfg.dropout, name="caption_dropout")(embed))
-        if sequences:
-            img = L.Reshape((1, cfg.units), name="image_step")(img)  # broadcast over time
+        seq = _rnn(cfg, "rnn", True)(L.Dropout(cfg.dropout, name="caption_dropout")(embed))
+        img = L.Reshape((1, cfg.units), name="image_step")(img)  # broadcast over time
         hidden = L.Add(name="merge")([img, seq])
     elif cfg.type == "init-inject":
         states = [L.Dense(cfg.units, activation="tanh", name="init_h")(img)]
         if cfg.rnn == "lstm":
             states.append(L.Dense(cfg.units, activation="tanh", name="init_c")(img))
-        hidden = _rnn(cfg, "rnn", sequences)(L.Dropout(cfg.dropout, name="caption_dropout")(embed),
-                                             initial_state=states)
+        hidden = _rnn(cfg, "rnn", True)(L.Dropout(cfg.dropout, name="caption_dropout")(embed),
+                                        initial_state=states)
     elif cfg.type == "pre-inject":
         img = L.Dense(cfg.embed_dim, activation="relu", name="image_dense")(img)
         img = L.Reshape((1, cfg.embed_dim), name="image_step")(img)
         words = L.Dropout(cfg.dropout, name="caption_dropout")(embed)
-        hidden = _rnn(cfg, "rnn", sequences)(L.Concatenate(axis=1, name="image_then_words")([img, words]))
+        hidden = _rnn(cfg, "rnn", True)(L.Concatenate(axis=1, name="image_then_words")([img, words]))
     else:  # inject: the image repeated beside every word, a second RNN over both
         img = L.Dense(cfg.embed_dim, activation="relu", name="image_dense")(img)
         img = L.RepeatVector(cfg.max_length - 1, name="image_repeat")(img)
@@ -97,6 +108,8 @@ def build_decoder(cfg: DecoderConfig, sequences: bool = False):
         both = L.Concatenate(name="image_and_words")([img, words])
         final = _rnn(cfg, "rnn", False)
         hidden = (L.Bidirectional(final, name="birnn") if cfg.bidirectional else final)(both)
+    if cfg.causal and not sequences:
+        hidden = LastValidStep(cfg.output_offset, name="last_step")([hidden, caption])
     hidden = L.Dense(cfg.units, activation="relu", name="decoder_dense")(hidden)
     out = L.Dense(cfg.vocab_size, activation="softmax", name="output")(hidden)
     kind = "sequences" if sequences else "next_word"

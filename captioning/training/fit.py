@@ -13,7 +13,7 @@ from captioning.data import Vocabulary, load_captions, max_caption_length, token
 from captioning.data.text import CleaningOptions
 from captioning.errors import CaptioningError
 from captioning.features import FeatureStore
-from captioning.training.decoders import DecoderConfig, build_decoder
+from captioning.training.decoders import DecoderConfig, build_decoder, caption_loss
 from captioning.training.layers import feature_statistics
 from captioning.training.runs import load_config, plot_history, save_config
 from captioning.training.sequences import CaptionSequence, EncodedCaptions, PairSequence
@@ -114,7 +114,10 @@ def fit(captions, features, out, options: FitOptions = FitOptions(), format=None
     notes = []
     if resume:
         saved = load_config(out)
-        options = FitOptions(**{**dataclasses.asdict(options), **saved["training"]})
+        # The run's own settings win, except --epochs: the total number of epochs to reach.
+        known = {f.name for f in dataclasses.fields(FitOptions)}
+        kept = {k: v for k, v in saved["training"].items() if k in known and k != "epochs"}
+        options = dataclasses.replace(options, **kept)
     elif (out / "model.keras").exists() or (out / "checkpoints" / "last.keras").exists():
         raise CaptioningError(f"{out} already holds a run. Use --resume to continue it, or another --out.")
     keras.utils.set_random_seed(options.seed)
@@ -154,12 +157,15 @@ def fit(captions, features, out, options: FitOptions = FitOptions(), format=None
     if resume:
         model = keras.models.load_model(ckpt / "last.keras", safe_mode=True)
         initial_epoch = json.loads((ckpt / "state.json").read_text())["epochs_done"]
+        import pandas as pd
+        history = pd.read_csv(out / "history.csv")  # drop rows of an epoch killed before its end
+        history[history["epoch"] < initial_epoch].to_csv(out / "history.csv", index=False)
     else:
         model = build_decoder(cfg, sequences=fast)
         model.get_layer("image_norm").set_statistics(
             *feature_statistics(store, [store.index[i] for i in train["image"].unique()]))
         model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
-                      loss="sparse_categorical_crossentropy",
+                      loss=caption_loss(),
                       weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                                         keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
         vocab.save(out / "vocab.json")
@@ -177,7 +183,6 @@ def fit(captions, features, out, options: FitOptions = FitOptions(), format=None
     save_config(out, config)
 
     callbacks = [
-        _EpochState(ckpt / "state.json", seqs),
         _LearningRateLog(),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, options.patience // 2),
                                           min_lr=1e-5),
@@ -185,6 +190,7 @@ def fit(captions, features, out, options: FitOptions = FitOptions(), format=None
         keras.callbacks.ModelCheckpoint(ckpt / "best.keras", monitor="val_loss", save_best_only=True),
         keras.callbacks.ModelCheckpoint(ckpt / "last.keras"),
         keras.callbacks.CSVLogger(out / "history.csv", append=resume),
+        _EpochState(ckpt / "state.json", seqs),  # last: an epoch counts once everything is saved
     ]
     history = model.fit(seqs[0], validation_data=seqs[1], epochs=options.epochs, initial_epoch=initial_epoch,
                         callbacks=callbacks, verbose=verbose)

@@ -41,3 +41,36 @@ def feature_statistics(store, rows, block: int = 4096):
         n += len(x)
     mean = total / n
     return mean, np.sqrt(np.maximum(sq / n - mean ** 2, 0.0))
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class LastValidStep(keras.layers.Layer):
+    """Per-step outputs (B, T, U) and the caption ids (B, T') → the output at each row's last
+    real token (B, U). ``offset`` counts steps before the first word (pre-inject's image step).
+
+    The next-word models use this instead of ``return_sequences=False``: with an initial state
+    and a padding mask, Keras' RNN lets padded steps leak into the final output, whereas the
+    per-step outputs are exact.
+    """
+
+    def __init__(self, offset: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.offset = offset
+
+    def call(self, inputs, mask=None):
+        hidden, caption = inputs
+        ops = keras.ops
+        n = ops.sum(ops.cast(ops.not_equal(caption, 0), "int32"), axis=1)
+        last = ops.maximum(n - 1 + self.offset, 0)
+        steps = ops.arange(ops.shape(hidden)[1], dtype="int32")
+        pick = ops.cast(ops.equal(steps[None, :], last[:, None]), hidden.dtype)
+        return ops.sum(hidden * pick[:, :, None], axis=1)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shapes):
+        return (input_shapes[0][0], input_shapes[0][2])
+
+    def get_config(self):
+        return {**super().get_config(), "offset": self.offset}

@@ -1,0 +1,197 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from captioning.console import import_keras
+from captioning.data import Vocabulary
+from captioning.errors import CaptioningError
+from captioning.features.store import FeatureStoreWriter
+from captioning.training import DecoderConfig, FitOptions, build_decoder, fit
+from captioning.training.decoders import caption_loss
+from captioning.training.runs import load_config
+from captioning.training.sequences import CaptionSequence, EncodedCaptions, PairSequence
+
+keras = import_keras()
+
+
+def tiny_store(tmp_path, n_images=4, dim=6):
+    w = FeatureStoreWriter(tmp_path / "f.h5", {"backbone": "x", "weights": "none", "pooling": "avg",
+                                               "input_size": 8, "feature_shape": [dim], "dtype": "float32"})
+    w.write_batch([f"{i}.jpg" for i in range(n_images)],
+                  np.random.default_rng(0).normal(size=(n_images, dim)))
+    return w.finalize(True)
+
+
+def encoded(vocab_words=("a", "dog", "runs", "cat")):
+    vocab = Vocabulary(list(vocab_words))
+    table = pd.DataFrame({"image": ["0.jpg", "0.jpg", "1.jpg", "2.jpg", "3.jpg"],
+                          "caption": ["a dog runs", "a cat", "dog", "a a a dog", "cat runs"]})
+    return vocab, EncodedCaptions.from_table(table, vocab, max_length=10)
+
+
+def test_pairs_of_a_caption(tmp_path):
+    vocab, enc = encoded()
+    seq = PairSequence(EncodedCaptions(enc.images[:1], enc.ids[:1]), tiny_store(tmp_path), batch_size=1,
+                       shuffle=False)
+    (feats, prefixes), targets = seq[0]
+    table = [(" ".join(vocab.tokens[i] for i in p if i), vocab.tokens[t]) for p, t in zip(prefixes, targets)]
+    assert table == [("startseq", "a"), ("startseq a", "dog"), ("startseq a dog", "runs"),
+                     ("startseq a dog runs", "endseq")]
+    assert prefixes.shape == (4, 4) and prefixes[0].tolist() == [2, 0, 0, 0]  # post-padded, pad id 0
+    np.testing.assert_array_equal(feats[0], feats[3])
+
+
+def test_batches_by_images_and_pairs_cover_every_pair_once(tmp_path):
+    _, enc = encoded()
+    store = tiny_store(tmp_path)
+    expected = sorted(enc.pairs())
+    by_img = PairSequence(enc, store, batch_size=2, seed=3)
+    assert sorted(p for b in range(len(by_img)) for p in by_img.batch_pairs(b)) == expected
+    by_pair = PairSequence(enc, store, batch_size=5, seed=3, batch_by="pairs")
+    assert len(by_pair) == -(-len(expected) // 5)
+    assert sorted(p for b in range(len(by_pair)) for p in by_pair.batch_pairs(b)) == expected
+    assert by_img[0][0][1].shape[1] <= 5  # padded only to the batch's own longest prefix
+
+
+def test_reshuffles_deterministically_per_epoch(tmp_path):
+    _, enc = encoded()
+    store = tiny_store(tmp_path)
+    a, b = PairSequence(enc, store, 1, seed=5), PairSequence(enc, store, 1, seed=5)
+    order = lambda s: [s.batch_pairs(i)[0] for i in range(len(s))]  # noqa: E731
+    first = order(a)
+    assert first == order(b)
+    a.on_epoch_end()
+    b.set_epoch(1)
+    assert order(a) == order(b) and sorted(order(a)) == sorted(first)
+    orders = {tuple(order(a))}
+    for e in range(2, 6):
+        a.set_epoch(e)
+        orders.add(tuple(order(a)))
+    assert len(orders) > 1
+
+
+def test_caption_sequence_targets_and_weights(tmp_path):
+    _, enc = encoded()
+    seq = CaptionSequence(enc, tiny_store(tmp_path), batch_size=4, shuffle=False, output_offset=1)
+    (feats, inputs), targets, weights = seq[0]
+    assert inputs[0].tolist()[:5] == [2, 4, 5, 6, 0]  # startseq a dog runs <pad>
+    assert targets[0].tolist()[:6] == [0, 4, 5, 6, 3, 0]  # offset step, a dog runs endseq, pad
+    np.testing.assert_array_equal(weights, targets != 0)
+    assert targets.shape[1] == inputs.shape[1] + 1 and len(feats) == len(inputs)
+
+
+def cfg(kind, rnn="lstm", **kw):
+    return DecoderConfig(kind, vocab_size=12, feature_dim=6, max_length=8, embed_dim=8, units=8, dropout=0.1,
+                         rnn=rnn, **kw)
+
+
+@pytest.mark.parametrize("kind,rnn", [("merge", "lstm"), ("inject", "lstm"), ("init-inject", "lstm"),
+                                      ("pre-inject", "lstm"), ("merge", "gru"), ("init-inject", "gru")])
+def test_decoder_trains_saves_and_reloads_in_safe_mode(tmp_path, kind, rnn):
+    keras.utils.set_random_seed(0)
+    model = build_decoder(cfg(kind, rnn))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(16, 6)).astype("float32"), rng.integers(1, 12, size=(16, 7)).astype("int32")]
+    y = rng.integers(1, 12, size=16)
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=5, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < before
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["merge", "init-inject", "pre-inject"])
+def test_fast_path_loss_equals_pairs_loss(tmp_path, kind):
+    c = cfg(kind)
+    keras.utils.set_random_seed(1)
+    seq_model, pair_model = build_decoder(c, sequences=True), build_decoder(c, sequences=False)
+    pair_model.set_weights(seq_model.get_weights())
+    seq_model.compile(loss=caption_loss())
+    pair_model.compile(loss="sparse_categorical_crossentropy")
+    vocab, enc = encoded(("a", "dog", "runs", "cat", "w5", "w6", "w7", "w8"))
+    store = tiny_store(tmp_path)
+    (f1, inputs), targets, weights = CaptionSequence(enc, store, 4, shuffle=False, output_offset=c.output_offset)[0]
+    (f2, prefixes), next_words = PairSequence(enc, store, 4, shuffle=False)[0]
+    fast = seq_model.evaluate([f1, inputs], targets, sample_weight=weights, verbose=0)
+    pairs = pair_model.evaluate([f2, prefixes], next_words, verbose=0, batch_size=len(next_words))
+    assert fast == pytest.approx(pairs, rel=1e-5)
+
+
+def test_bad_configurations():
+    with pytest.raises(CaptioningError, match="unknown decoder"):
+        cfg("transformer")
+    with pytest.raises(CaptioningError, match="inject decoder only"):
+        cfg("merge", bidirectional=True)
+    with pytest.raises(CaptioningError, match="train it with pairs"):
+        build_decoder(cfg("inject"), sequences=True)
+    assert build_decoder(cfg("inject", bidirectional=True)).get_layer("birnn")
+
+
+def test_fit_learns_far_below_unigram_and_writes_the_run(learnable):
+    result, run = learnable["fit"], learnable["run"]
+    assert result.best_val_loss < 0.5 * result.unigram_val_loss
+    for name in ("model.keras", "vocab.json", "config.json", "history.csv", "training_curves.png",
+                 "checkpoints/best.keras", "checkpoints/last.keras"):
+        assert (run / name).is_file(), name
+    config = load_config(run)
+    assert config["features"]["backbone"] == "efficientnet_b0" and config["decoder"]["type"] == "merge"
+    assert config["training"]["fast_path"] and config["cleaning"]["lowercase"]
+    history = pd.read_csv(run / "history.csv")
+    assert {"loss", "val_loss", "val_top5", "learning_rate"} <= set(history.columns)
+
+
+def test_fit_refuses_bad_inputs(learnable, tmp_path):
+    data, features = learnable["data"], learnable["features"]
+    with pytest.raises(CaptioningError, match="already holds a run"):
+        fit(data, features, learnable["run"], FitOptions(epochs=1))
+    partial = tiny_store(tmp_path)  # knows none of the sample's images
+    with pytest.raises(CaptioningError, match="have no features"):
+        fit(data, partial.path, tmp_path / "r1", FitOptions(epochs=1, on_missing="error"))
+    with pytest.raises(CaptioningError, match="split is empty"):
+        fit(data, partial.path, tmp_path / "r2", FitOptions(epochs=1))
+    w = FeatureStoreWriter(tmp_path / "sp.h5", {"backbone": "x", "weights": "none", "pooling": "spatial",
+                                                "input_size": 8, "feature_shape": [4, 3], "dtype": "float32"})
+    w.write_batch(["sample_00000.jpg"], np.zeros((1, 4, 3)))
+    with pytest.raises(CaptioningError, match="spatial features"):
+        fit(data, w.finalize(True).path, tmp_path / "r3", FitOptions(epochs=1))
+
+
+_CHILD = """
+import sys
+from captioning.training import FitOptions, fit
+fit(sys.argv[1], sys.argv[2], sys.argv[3], FitOptions(epochs=60, batch_size=8, units=32, embed_dim=16,
+    patience=100), verbose=0)
+"""
+
+
+def test_resume_after_killed_fit(learnable, tmp_path):
+    run = tmp_path / "run"
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(learnable["data"]), str(learnable["features"]),
+                              str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run / "checkpoints" / "state.json"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if state.exists() and json.loads(state.read_text() or "{}").get("epochs_done", 0) >= 2:
+            break
+        time.sleep(0.1)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    done = json.loads(state.read_text())["epochs_done"]
+    assert 2 <= done < 60 and not (run / "model.keras").exists()
+    lr_before = float(keras.models.load_model(run / "checkpoints" / "last.keras").optimizer.learning_rate)
+    result = fit(learnable["data"], learnable["features"], run,
+                 FitOptions(epochs=done + 2), resume=True, verbose=0)  # settings come from the run
+    history = pd.read_csv(run / "history.csv")
+    assert history["epoch"].tolist() == list(range(done + 2))
+    assert result.epochs_run == done + 2 and (run / "model.keras").is_file()
+    assert load_config(run)["training"]["units"] == 32
+    assert float(history["learning_rate"].iloc[done]) <= lr_before + 1e-12
