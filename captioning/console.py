@@ -17,7 +17,6 @@ def configure(verbose: bool) -> None:
     _quiet = not verbose
     if _quiet:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
         warnings.filterwarnings("ignore")
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
         logging.getLogger("absl").setLevel(logging.ERROR)
