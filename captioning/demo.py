@@ -12,22 +12,20 @@ def _say(text: str):
     print(f"\n== {text}", flush=True)
 
 
-def run_demo(out="demo", images: int = 300, backbone: str = "resnet50", epochs: int = 30, seed: int = 0) -> dict:
-    """Make data → extract features → fit a merge decoder → evaluate → caption a few images.
-    Returns the paths and scores it printed."""
-    from captioning.data import load_captions, make_sample
-    from captioning.evaluation import evaluate
+def sample_features(workdir="work", images: int = 300, backbone: str = "resnet50", seed: int = 0):
+    """The sample set and its feature store under ``workdir``, made once and reused.
+
+    ImageNet weights when Keras can load them, else a seeded random init (said in the output).
+    Returns (data folder, ExtractionResult, weights description).
+    """
+    from captioning.data import make_sample
     from captioning.features import extract_features
-    from captioning.inference import BeamSearch, Captioner
-    from captioning.training import FitOptions, fit
 
-    out = Path(out)
-    _say(f"1/5 sample data: {images} synthetic scenes with 5 captions each")
-    data = make_sample(out / "sample", images=images, seed=seed)
-    print(f"wrote {data} (Flickr8k layout)")
-
-    _say(f"2/5 features: {backbone}")
-    store_path = out / "features" / f"sample_{backbone}.h5"
+    workdir = Path(workdir)
+    data = workdir / "sample"
+    if not (data / "Flickr8k.token.txt").exists():
+        make_sample(data, images=images, seed=seed)
+    store_path = workdir / "features" / f"sample_{backbone}.h5"
     try:
         extraction = extract_features(data / "Images", backbone=backbone, weights="imagenet", out=store_path)
         weights_used = "ImageNet weights"
@@ -38,6 +36,20 @@ def run_demo(out="demo", images: int = 300, backbone: str = "resnet50", epochs: 
         extraction = extract_features(data / "Images", backbone=backbone, weights="none", out=store_path,
                                       overwrite=True)
         weights_used = "random-init weights (no ImageNet weights offline)"
+    return data, extraction, weights_used
+
+
+def run_demo(out="demo", images: int = 300, backbone: str = "resnet50", epochs: int = 30, seed: int = 0) -> dict:
+    """Make data → extract features → fit a merge decoder → evaluate → caption a few images.
+    Returns the paths and scores it printed."""
+    from captioning.data import load_captions
+    from captioning.evaluation import evaluate
+    from captioning.inference import BeamSearch, Captioner
+    from captioning.training import FitOptions, fit
+
+    out = Path(out)
+    _say(f"1/5 sample data ({images} synthetic scenes with 5 captions each) and 2/5 {backbone} features")
+    data, extraction, weights_used = sample_features(out, images, backbone, seed)
     print(extraction.summary())
 
     _say(f"3/5 training a merge decoder for up to {epochs} epochs (early stopping on validation loss)")

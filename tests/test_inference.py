@@ -162,3 +162,17 @@ def test_cli_evaluate_and_vocab_cleaning_recorded(learnable, tmp_path, capsys):
                  "--features", str(learnable["features"]), "--split", "dev", "--out", str(tmp_path)]) == 0
     assert "BLEU-4" in capsys.readouterr().out
     assert Vocabulary.load(learnable["run"] / "vocab.json").cleaning.lowercase
+
+
+def test_coco_metrics_match_identity_and_order():
+    pytest.importorskip("pycocoevalcap")
+    from captioning.evaluation.coco import coco_metrics
+    refs = {1: ["a red circle on the left", "a circle on the left"], 2: ["a blue square on the right"]}
+    perfect = coco_metrics(refs, {1: "a red circle on the left", 2: "a blue square on the right"})
+    poor = coco_metrics(refs, {1: "a blue square", 2: "a red circle on the left"})
+    assert perfect["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
+    assert perfect["ROUGE-L"] == pytest.approx(1.0) and perfect["CIDEr"] > poor["CIDEr"]
+    for key in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"):
+        assert perfect[key] > poor[key]
+    if perfect["METEOR"] is not None:  # only with Java
+        assert perfect["METEOR"] > poor["METEOR"]

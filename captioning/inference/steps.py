@@ -11,6 +11,8 @@ strategies only ever gather state rows, so any decoder fits behind this interfac
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from captioning.console import import_keras
@@ -54,6 +56,12 @@ class RecurrentSteps(StepModel):
     """Stateful one-token steps built from the trained next-word model's own layers."""
 
     def __init__(self, model, decoder_type: str):
+        # A lone token has no padding: the Embedding's mask means nothing to the cell here.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not support masking.*")
+            self._build(model, decoder_type)
+
+    def _build(self, model, decoder_type: str):
         keras = import_keras()
         L = keras.layers
         layer = model.get_layer
