@@ -158,3 +158,13 @@ def test_resume_after_kill_matches_uninterrupted_run(sample_dir, tmp_path):
     store = resumed.store
     assert sorted(store.ids) == sorted(full.ids) and len(set(store.ids)) == 60
     np.testing.assert_allclose(store[full.ids], full[full.ids], rtol=1e-4, atol=1e-4)
+
+
+def test_image_list_restricts_and_missing_files_are_recorded(sample_dir, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("sample_00003.jpg\n\nsample_00001.jpg\nsample_00003.jpg\nnot_there.jpg\n")
+    r = extract_features(sample_dir / "Images", backbone=BACKBONE, weights="none", out=tmp_path / "l.h5",
+                         image_list=listing, show_progress=False)
+    assert r.store.ids == ["sample_00003.jpg", "sample_00001.jpg"]
+    assert r.store.failed == {"not_there.jpg": "file not found"}
+    assert "1 failed" in r.summary() and "not_there.jpg: file not found" in r.summary()

@@ -68,7 +68,9 @@ class FeatureStore:
         failed = self._file.get("failed")
         self.failed = dict(zip(_strings(failed["image_ids"]), _strings(failed["reasons"]))) if failed else {}
 
-    open = classmethod(lambda cls, path: cls(path))
+    @classmethod
+    def open(cls, path) -> "FeatureStore":
+        return cls(path)
 
     def __len__(self) -> int:
         return len(self.ids)
