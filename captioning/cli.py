@@ -49,7 +49,8 @@ def _cmd_fit(a):
                       units=a.units, dropout=a.dropout, rnn=a.rnn, learning_rate=a.learning_rate,
                       min_count=a.min_count, max_length_percentile=a.max_length_percentile,
                       patience=a.patience, seed=a.seed, pairs=a.pairs, bidirectional=a.bidirectional,
-                      on_missing=a.on_missing)
+                      on_missing=a.on_missing, attention_dim=a.attention_dim,
+                      doubly_stochastic=a.doubly_stochastic)
     result = fit(a.captions, a.features, a.out, opts, format=a.format, resume=a.resume,
                  verbose=1 if sys.stdout.isatty() else 2)
     print(result.summary())
@@ -66,6 +67,19 @@ def _cmd_caption(a):
     from captioning.inference.captioner import Captioner
     captioner = Captioner.load(a.model)
     results = captioner.caption_files(a.images, _strategy(a), max_length=a.max_length)
+    if a.attention_figure:
+        from pathlib import Path
+
+        from captioning.evaluation.figures import attention_figure
+        good = [(p, r) for p, r in results if not isinstance(r, Exception)]
+        if captioner.decoder["type"] != "attention":
+            raise CaptioningError("--attention-figure needs a run trained with --model attention")
+        grid = captioner.config["features"]["grid"]
+        out = Path(a.attention_figure)
+        for i, (path, res) in enumerate(good):
+            target = out if len(good) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
+            attention_figure(path, res, grid, target)
+            print(f"attention figure for {path}: {target}", file=sys.stderr)
     failed = 0
     for path, res in results:
         if isinstance(res, Exception):
@@ -143,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--captions", required=True, metavar="DATA")
     p.add_argument("--format", choices=FORMATS)
     p.add_argument("--features", required=True, metavar="FILE.h5")
-    p.add_argument("--model", default="merge", choices=["merge", "inject", "init-inject", "pre-inject"])
+    p.add_argument("--model", default="merge", choices=["merge", "inject", "init-inject", "pre-inject", "attention"],
+                   help="attention needs a --spatial feature store")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
@@ -152,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--rnn", choices=["lstm", "gru"], default="lstm")
     p.add_argument("--bidirectional", action="store_true", help="inject only: bidirectional final LSTM")
+    p.add_argument("--attention-dim", type=int, default=256, help="attention only")
+    p.add_argument("--doubly-stochastic", type=float, default=1.0, metavar="LAMBDA",
+                   help="attention only: weight of the λ·Σ(1 − Σₜ αₜ)² regulariser")
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--min-count", type=int, default=1)
     p.add_argument("--max-length-percentile", type=float, default=None)
@@ -168,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="RUN_DIR")
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--attention-figure", metavar="OUT.png", help="attention runs: per-word attention maps")
     _add_strategy_options(p)
     p.set_defaults(func=_cmd_caption)
 

@@ -34,3 +34,38 @@ def caption_grid(items, out_png, columns: int = 3, title: str | None = None) -> 
     fig.savefig(out_png)
     plt.close(fig)
     return Path(out_png)
+
+
+def attention_figure(image, caption, grid, out_png, columns: int = 5) -> Path:
+    """One panel per generated word with its attention map upsampled over the image (as in the
+    Show, Attend and Tell figures). ``caption``: a ``Caption`` with ``attention`` (words, H·W)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    if caption.attention is None:
+        raise ValueError("this caption has no attention maps (only the attention decoder makes them)")
+    h, w = grid
+    with Image.open(image) as im:
+        rgb = np.asarray(im.convert("RGB").resize((224, 224), Image.BILINEAR))
+    words = list(caption.words) + (["<end>"] if caption.finished else [])
+    panels = 1 + len(words)
+    rows = -(-panels // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), dpi=110, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(rgb)
+    axes.flat[0].set_title("input", fontsize=10)
+    for ax, word, alpha in zip(list(axes.flat)[1:], words, caption.attention):
+        heat = Image.fromarray((alpha.reshape(h, w) / max(float(alpha.max()), 1e-12) * 255).astype(np.uint8))
+        heat = np.asarray(heat.resize((224, 224), Image.BILINEAR)) / 255.0
+        ax.imshow(rgb)
+        ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        ax.set_title(word, fontsize=11)
+    fig.suptitle(caption.text, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(out_png)
+    plt.close(fig)
+    return Path(out_png)

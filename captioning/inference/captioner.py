@@ -85,7 +85,10 @@ class Captioner:
             else:
                 arrays.append(load_image(im, bb.input_size))
         x = bb.preprocess(np.stack(arrays).astype(np.float32))
-        return np.asarray(model.predict_on_batch(x)).reshape(len(arrays), -1)
+        y = np.asarray(model.predict_on_batch(x))
+        if self.config["features"].get("pooling") == "spatial":  # (n, H, W, C) → (n, H·W, C)
+            return y.reshape(len(arrays), -1, y.shape[-1])
+        return y.reshape(len(arrays), -1)
 
     def caption(self, images, strategy=None, max_length=None) -> list:
         """Captions for image paths or arrays (raises on an unreadable image)."""

@@ -20,6 +20,7 @@ class Caption:
     text: str
     log_prob: float  # sum of the log-probabilities of ``tokens``
     finished: bool  # reached the end token
+    attention: np.ndarray | None = None  # (len(tokens), grid cells) for the attention decoder
 
 
 @dataclasses.dataclass
@@ -29,6 +30,7 @@ class Hypotheses:
     tokens: list
     log_probs: list
     finished: list
+    extras: list = dataclasses.field(default_factory=list)  # per image, from StepModel.extras
 
 
 class Sampler:
@@ -52,7 +54,9 @@ class Sampler:
             if done.all():
                 break
             tokens = nxt
-        return Hypotheses(out, list(logp), list(done))
+        extra = steps.extras(state)
+        extras = [extra[i, : len(out[i])] for i in range(n)] if extra is not None else []
+        return Hypotheses(out, list(logp), list(done), extras)
 
     def _rng(self):
         return None
@@ -106,11 +110,12 @@ class BeamSearch(Sampler):
         beam_logp = np.full((n, k), -np.inf)
         beam_logp[:, 0] = 0.0  # all beams start identical: expand only one
         seqs = [[[] for _ in range(k)] for _ in range(n)]
-        finished = [[] for _ in range(n)]  # (score, tokens, log_prob)
+        finished = [[] for _ in range(n)]  # (score, tokens, log_prob, extras)
         active = np.ones(n, bool)
         tokens = np.full(n * k, start_id, np.int32)
         for _ in range(max_length - 1):
             log_probs, state = steps.step(tokens, state)
+            extra = steps.extras(state)
             vocab = log_probs.shape[-1]
             total = (beam_logp[:, :, None] + log_probs.reshape(n, k, vocab)).reshape(n, k * vocab)
             best = np.argsort(-total, axis=1, kind="stable")[:, : 2 * k]
@@ -127,7 +132,8 @@ class BeamSearch(Sampler):
                     parent, tok = divmod(int(c), vocab)
                     seq = seqs[b][parent] + [tok]
                     if tok == end_id:
-                        finished[b].append((self.score(lp, len(seq)), seq, float(lp)))
+                        ex = extra[b * k + parent] if extra is not None else None
+                        finished[b].append((self.score(lp, len(seq)), seq, float(lp), ex))
                     else:
                         new_logp[b, j], parents[b, j], new_tokens[b, j], new_seqs[b][j] = lp, parent, tok, seq
                         j += 1
@@ -140,20 +146,25 @@ class BeamSearch(Sampler):
             state = [s[rows] for s in state]
             tokens = new_tokens.reshape(-1)
         out = Hypotheses([], [], [])
+        extra = steps.extras(state)  # rows already follow the surviving beams
         for b in range(n):
             if finished[b]:
-                _, seq, lp = max(finished[b], key=lambda f: f[0])
+                _, seq, lp, ex = max(finished[b], key=lambda f: f[0])
                 out.tokens.append(seq), out.log_probs.append(lp), out.finished.append(True)
             else:  # no beam ended: the best partial caption, never an empty result
                 j = int(np.argmax(new_logp[b]))
-                out.tokens.append(new_seqs[b][j]), out.log_probs.append(float(new_logp[b, j]))
+                seq, ex = new_seqs[b][j], (extra[b * k + j] if extra is not None else None)
+                out.tokens.append(seq), out.log_probs.append(float(new_logp[b, j]))
                 out.finished.append(False)
+            if ex is not None:
+                out.extras.append(ex[: len(out.tokens[-1])])
         return out
 
 
 def to_captions(hyps: Hypotheses, vocab) -> list:
     caps = []
-    for toks, lp, fin in zip(hyps.tokens, hyps.log_probs, hyps.finished):
+    extras = hyps.extras or [None] * len(hyps.tokens)
+    for toks, lp, fin, ex in zip(hyps.tokens, hyps.log_probs, hyps.finished, extras):
         words = vocab.decode(toks)
-        caps.append(Caption(list(toks), words, " ".join(words), float(lp), bool(fin)))
+        caps.append(Caption(list(toks), words, " ".join(words), float(lp), bool(fin), ex))
     return caps

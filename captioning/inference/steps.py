@@ -31,6 +31,10 @@ class StepModel:
     def step(self, tokens: np.ndarray, state: list):
         raise NotImplementedError
 
+    def extras(self, state: list):
+        """Per-row information to return with each caption (attention maps), or None."""
+        return None
+
 
 class PrefixSteps(StepModel):
     """Any next-word model: the state is (features, prefix so far)."""
@@ -109,7 +113,36 @@ class RecurrentSteps(StepModel):
         return _log(out[0]), [np.asarray(s) for s in out[1:]]
 
 
+class AttentionSteps(StepModel):
+    """The attention decoder one word at a time; the state carries every step's attention map."""
+
+    def __init__(self, model):
+        self.layer, self.norm = model.get_layer("attention"), model.get_layer("image_norm")
+        self.keras = import_keras()
+
+    def _np(self, x):
+        return np.asarray(self.keras.ops.convert_to_numpy(x))
+
+    def start(self, features):
+        grid = self.norm(np.asarray(features, np.float32))
+        h, c = self.layer.initial_state(grid)
+        cells = grid.shape[1]
+        return [self._np(grid), self._np(self.layer.grid_attention(grid)), self._np(h), self._np(c),
+                np.zeros((len(features), 0, cells), np.float32)]
+
+    def step(self, tokens, state):
+        grid, projected, h, c, alphas = state
+        probs, h, c, alpha = self.layer.step(grid, projected, np.asarray(tokens, np.int32), h, c)
+        alphas = np.concatenate([alphas, self._np(alpha)[:, None, :]], axis=1)
+        return _log(self._np(probs)), [grid, projected, self._np(h), self._np(c), alphas]
+
+    def extras(self, state):
+        return state[-1]  # (rows, steps so far, grid cells)
+
+
 def step_model(model, decoder_type: str, max_length: int) -> StepModel:
+    if decoder_type == "attention":
+        return AttentionSteps(model)
     if decoder_type in ("merge", "init-inject", "pre-inject"):
         return RecurrentSteps(model, decoder_type)
     return PrefixSteps(model, fixed_length=max_length - 1)

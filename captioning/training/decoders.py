@@ -17,7 +17,7 @@ import dataclasses
 from captioning.console import import_keras
 from captioning.errors import CaptioningError
 
-DECODERS = ("merge", "inject", "init-inject", "pre-inject")
+DECODERS = ("merge", "inject", "init-inject", "pre-inject", "attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,9 @@ class DecoderConfig:
     dropout: float = 0.5
     rnn: str = "lstm"
     bidirectional: bool = False  # inject only
+    grid_size: int = 0  # attention only: grid cells per image (H·W); feature_dim is then channels
+    attention_dim: int = 256
+    doubly_stochastic: float = 1.0  # λ of the attention regulariser
 
     def __post_init__(self):
         if self.type not in DECODERS:
@@ -77,6 +80,8 @@ def build_decoder(cfg: DecoderConfig, sequences: bool = False):
     L = keras.layers
     if sequences and not cfg.causal:
         raise CaptioningError("the inject decoder reads a fixed-length prefix; train it with pairs")
+    if cfg.type == "attention":
+        return _build_attention(cfg, sequences)
     image = keras.Input((cfg.feature_dim,), name="image")
     length = cfg.max_length - 1 if cfg.type == "inject" else None  # longest prefix: all but endseq
     caption = keras.Input((length,), dtype="int32", name="caption")
@@ -114,3 +119,17 @@ def build_decoder(cfg: DecoderConfig, sequences: bool = False):
     out = L.Dense(cfg.vocab_size, activation="softmax", name="output")(hidden)
     kind = "sequences" if sequences else "next_word"
     return keras.Model([image, caption], out, name=f"{cfg.type.replace('-', '_')}_{kind}")
+
+
+def _build_attention(cfg: DecoderConfig, sequences: bool):
+    keras = import_keras()
+    from captioning.training.attention import AttentionDecoder
+    from captioning.training.layers import FeatureStandardization, LastValidStep
+    grid = keras.Input((cfg.grid_size, cfg.feature_dim), name="image")
+    caption = keras.Input((None,), dtype="int32", name="caption")
+    probs = AttentionDecoder(cfg.vocab_size, cfg.embed_dim, cfg.units, cfg.attention_dim, cfg.dropout,
+                             cfg.doubly_stochastic, name="attention")([FeatureStandardization(name="image_norm")(grid),
+                                                                      caption])
+    if not sequences:
+        probs = LastValidStep(0, name="last_step")([probs, caption])
+    return keras.Model([grid, caption], probs, name=f"attention_{'sequences' if sequences else 'next_word'}")

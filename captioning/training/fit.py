@@ -38,6 +38,8 @@ class FitOptions:
     seed: int = 0
     pairs: bool = False  # train on partial-caption pairs instead of the fast path
     on_missing: str = "skip"  # captioned images absent from the feature store
+    attention_dim: int = 256  # attention decoder only
+    doubly_stochastic: float = 1.0  # attention decoder only: λ
     cleaning: dict = dataclasses.field(default_factory=dict)
 
 
@@ -126,9 +128,13 @@ def fit(captions, features, out, options: FitOptions = FitOptions(), format=None
     if resume and store.attrs.get("backbone") != saved["features"]["backbone"]:
         raise CaptioningError(f"{features} was made with {store.attrs.get('backbone')}, but the run in {out} "
                               f"was trained on {saved['features']['backbone']} features.")
-    if len(store.feature_shape) != 1:
+    spatial = len(store.feature_shape) == 2
+    if options.decoder == "attention" and not spatial:
+        raise CaptioningError(f"{features} holds pooled vectors {store.feature_shape}; the attention decoder needs "
+                              "the convolutional grid: extract with --spatial.")
+    if options.decoder != "attention" and spatial:
         raise CaptioningError(f"{features} holds spatial features {store.feature_shape}; the {options.decoder} "
-                              "decoder needs pooled vectors (extract without --spatial).")
+                              "decoder needs pooled vectors (extract without --spatial), or use --model attention.")
     train = _check_store(store, dataset.split("train"), "train", options.on_missing, notes)
     dev = _check_store(store, dataset.split("dev"), "dev", options.on_missing, notes)
 
@@ -138,8 +144,10 @@ def fit(captions, features, out, options: FitOptions = FitOptions(), format=None
              else Vocabulary.build(train_tokens, options.min_count, cleaning))
     max_length = (saved["decoder"]["max_length"] if resume
                   else max_caption_length(train_tokens, options.max_length_percentile))
-    cfg = DecoderConfig(options.decoder, len(vocab), store.feature_shape[0], max_length, options.embed_dim,
-                        options.units, options.dropout, options.rnn, options.bidirectional)
+    cfg = DecoderConfig(options.decoder, len(vocab), store.feature_shape[-1], max_length, options.embed_dim,
+                        options.units, options.dropout, options.rnn, options.bidirectional,
+                        grid_size=store.feature_shape[0] if spatial else 0, attention_dim=options.attention_dim,
+                        doubly_stochastic=options.doubly_stochastic)
     fast = cfg.causal and not options.pairs
     enc_train = EncodedCaptions.from_table(train, vocab, max_length)
     enc_dev = EncodedCaptions.from_table(dev, vocab, max_length)
@@ -172,7 +180,7 @@ def fit(captions, features, out, options: FitOptions = FitOptions(), format=None
     config = {
         "decoder": cfg.to_dict(),
         "features": {k: store.attrs.get(k) for k in ("backbone", "weights", "pooling", "input_size", "preprocessing",
-                                                     "resize", "color", "feature_shape", "dtype")},
+                                                     "resize", "color", "feature_shape", "dtype", "grid")},
         "feature_store": str(Path(features).resolve()),
         "cleaning": cleaning.to_dict(),
         "data": {"source": str(dataset.source.resolve()), "format": dataset.format,

@@ -31,11 +31,12 @@ class FeatureStandardization(keras.layers.Layer):
 
 
 def feature_statistics(store, rows, block: int = 4096):
-    """Mean and standard deviation of the given store rows, streamed (COCO-sized stores fit)."""
+    """Per-feature mean and standard deviation of the given store rows, streamed (COCO-sized stores fit)."""
     rows = np.sort(np.unique(np.asarray(rows)))
     total, sq, n = None, None, 0
     for i in range(0, len(rows), block):
-        x = store.rows(rows[i:i + block]).astype(np.float64).reshape(len(rows[i:i + block]), -1)
+        x = store.rows(rows[i:i + block]).astype(np.float64)
+        x = x.reshape(-1, x.shape[-1])  # spatial grids: statistics per channel, over all cells
         total = x.sum(0) if total is None else total + x.sum(0)
         sq = (x ** 2).sum(0) if sq is None else sq + (x ** 2).sum(0)
         n += len(x)

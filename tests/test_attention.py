@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+from captioning.cli import main
+from captioning.console import import_keras
+from captioning.errors import CaptioningError
+from captioning.features import extract_features
+from captioning.inference import BeamSearch, Captioner, Greedy, step_model
+from captioning.training import DecoderConfig, FitOptions, build_decoder, fit
+
+keras = import_keras()
+
+
+def cfg(**kw):
+    return DecoderConfig("attention", vocab_size=11, feature_dim=6, max_length=8, embed_dim=8, units=8,
+                         grid_size=9, attention_dim=5, dropout=0.1, **kw)
+
+
+def test_saves_and_reloads_in_safe_mode_with_identical_outputs(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_decoder(cfg())
+    x = [np.random.default_rng(0).normal(size=(3, 9, 6)).astype("float32"),
+         np.array([[2, 4, 5, 0, 0, 0, 0], [2, 6, 7, 8, 0, 0, 0], [2, 0, 0, 0, 0, 0, 0]], "int32")]
+    model.save(tmp_path / "a.keras")
+    loaded = keras.models.load_model(tmp_path / "a.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_stateful_steps_match_the_teacher_forced_model_and_weights_sum_to_one():
+    keras.utils.set_random_seed(1)
+    c = cfg()
+    seq_model = build_decoder(c, sequences=True)
+    feats = np.random.default_rng(1).normal(size=(2, 9, 6)).astype("float32")
+    steps = step_model(seq_model, "attention", c.max_length)
+    state = steps.start(feats)
+    tokens, prefix = np.full(2, 2), [np.full(2, 2)]
+    for t in range(5):
+        lp, state = steps.step(tokens, state)
+        full = seq_model.predict([feats, np.stack(prefix, 1)], verbose=0)[:, -1]
+        np.testing.assert_allclose(np.exp(lp), full, atol=1e-5)
+        tokens = np.argmax(lp, -1)
+        prefix.append(tokens)
+    alphas = steps.extras(state)
+    assert alphas.shape == (2, 5, 9)
+    np.testing.assert_allclose(alphas.sum(-1), 1.0, atol=1e-5)
+
+
+def test_doubly_stochastic_loss_is_added_in_training_only():
+    keras.utils.set_random_seed(2)
+    model = build_decoder(cfg(doubly_stochastic=1.0), sequences=True)
+    x = [np.zeros((2, 9, 6), "float32"), np.array([[2, 4, 0], [2, 5, 6]], "int32")]
+    model(x, training=True)
+    assert len(model.losses) == 1 and float(model.losses[0]) > 0
+    # uniform attention over 9 cells for 2 and 3 real steps: Σ_l (1 − t/9)² summed over cells
+    expected = np.mean([9 * (1 - 2 / 9) ** 2, 9 * (1 - 3 / 9) ** 2])
+    assert float(model.losses[0]) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def attention_run(sample_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("attention")
+    store = extract_features(sample_dir / "Images", backbone="efficientnet_b0", weights="none", pooling="spatial",
+                             dtype="float16", out=root / "sp.h5", show_progress=False).store
+    fit(sample_dir, store.path, root / "run", FitOptions(decoder="attention", epochs=3, batch_size=16, units=32,
+                                                         embed_dim=16, attention_dim=16), verbose=0)
+    return root / "run", store
+
+
+def test_fit_attention_and_decode_with_maps(attention_run, sample_dir, tmp_path, capsys):
+    run, store = attention_run
+    cap = Captioner.load(run)
+    grid = cap.config["features"]["grid"]
+    assert grid == [7, 7]
+    for strategy in (Greedy(), BeamSearch(3)):
+        for c in cap.caption_features(store[store.ids[:3]], strategy, max_length=6):
+            assert c.attention.shape == (len(c.tokens), 49)
+            np.testing.assert_allclose(c.attention.sum(-1), 1.0, atol=1e-4)
+    image = str(sample_dir / "Images" / store.ids[0])
+    assert main(["caption", image, "--model", str(run), "--beam", "2", "--attention-figure",
+                 str(tmp_path / "att.png")]) == 0
+    assert (tmp_path / "att.png").stat().st_size > 10_000
+
+
+def test_attention_needs_a_spatial_store(attention_run, sample_dir, tmp_path):
+    from captioning.features.store import FeatureStoreWriter
+    w = FeatureStoreWriter(tmp_path / "p.h5", {"backbone": "x", "weights": "none", "pooling": "avg",
+                                               "input_size": 8, "feature_shape": [4], "dtype": "float32"})
+    w.write_batch(["sample_00000.jpg"], np.zeros((1, 4)))
+    with pytest.raises(CaptioningError, match="extract with --spatial"):
+        fit(sample_dir, w.finalize(True).path, tmp_path / "r", FitOptions(decoder="attention", epochs=1))
