@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rnn", choices=["lstm", "gru"], default="lstm")
     p.add_argument("--bidirectional", action="store_true", help="inject only: bidirectional final LSTM")
     p.add_argument("--attention-dim", type=int, default=256, help="attention only")
-    p.add_argument("--doubly-stochastic", type=float, default=1.0, metavar="LAMBDA",
+    p.add_argument("--doubly-stochastic", type=float, default=0.02, metavar="LAMBDA",
                    help="attention only: weight of the λ·Σ(1 − Σₜ αₜ)² regulariser")
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--min-count", type=int, default=1)

@@ -21,7 +21,7 @@ class AttentionDecoder(keras.layers.Layer):
     """[grid (B, P, C), caption ids (B, T)] → next-word probabilities (B, T, V)."""
 
     def __init__(self, vocab_size, embed_dim=256, units=256, attention_dim=256, dropout=0.5,
-                 doubly_stochastic=1.0, **kwargs):
+                 doubly_stochastic=0.02, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embed_dim, self.units = vocab_size, embed_dim, units
         self.attention_dim, self.dropout_rate, self.doubly_stochastic = attention_dim, dropout, doubly_stochastic

@@ -33,7 +33,7 @@ class DecoderConfig:
     bidirectional: bool = False  # inject only
     grid_size: int = 0  # attention only: grid cells per image (H·W); feature_dim is then channels
     attention_dim: int = 256
-    doubly_stochastic: float = 1.0  # λ of the attention regulariser
+    doubly_stochastic: float = 0.02  # λ of Σ_cells(1 − Σ_t α)²: ≈ the usual mean over 49 cells
 
     def __post_init__(self):
         if self.type not in DECODERS:

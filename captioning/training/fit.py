@@ -39,7 +39,7 @@ class FitOptions:
     pairs: bool = False  # train on partial-caption pairs instead of the fast path
     on_missing: str = "skip"  # captioned images absent from the feature store
     attention_dim: int = 256  # attention decoder only
-    doubly_stochastic: float = 1.0  # attention decoder only: λ
+    doubly_stochastic: float = 0.02  # attention decoder only: λ
     cleaning: dict = dataclasses.field(default_factory=dict)
 
 
