@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from captioning.console import import_keras
 from captioning.data import Vocabulary, load_captions, max_caption_length, tokenize
@@ -165,7 +166,6 @@ def fit(captions, features, out, options: FitOptions = FitOptions(), format=None
     if resume:
         model = keras.models.load_model(ckpt / "last.keras", safe_mode=True)
         initial_epoch = json.loads((ckpt / "state.json").read_text())["epochs_done"]
-        import pandas as pd
         history = pd.read_csv(out / "history.csv")  # drop rows of an epoch killed before its end
         history[history["epoch"] < initial_epoch].to_csv(out / "history.csv", index=False)
     else:
@@ -204,12 +204,12 @@ def fit(captions, features, out, options: FitOptions = FitOptions(), format=None
                         callbacks=callbacks, verbose=verbose)
     epochs_run = initial_epoch + len(history.history.get("loss", []))
 
-    next_word = model if not fast else build_decoder(cfg, sequences=False)
-    if fast:
-        next_word.set_weights(model.get_weights())  # same layers, same order: the fast path's weights
+    next_word = model
+    if fast:  # save the classic next-word model: same layers, same order, the fast path's weights
+        next_word = build_decoder(cfg, sequences=False)
+        next_word.set_weights(model.get_weights())
     next_word.save(out / "model.keras")
     plot_history(out / "history.csv", out / "training_curves.png")
-    import pandas as pd
     val = pd.read_csv(out / "history.csv")["val_loss"]
     result = FitResult(out, epochs_run, float(val.min()), unigram_loss(enc_train, enc_dev, len(vocab)), len(vocab),
                        train["image"].nunique(), dev["image"].nunique(), notes + dataset.notes)
