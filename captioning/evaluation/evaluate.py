@@ -14,16 +14,7 @@ from captioning.evaluation.bleu import bleu_scores
 from captioning.evaluation.figures import caption_grid
 from captioning.features import FeatureStore
 from captioning.inference.captioner import Captioner
-from captioning.inference.search import BeamSearch, Greedy, RandomSampler
-
-
-def describe_strategy(strategy) -> dict:
-    if isinstance(strategy, BeamSearch):
-        return {"strategy": "beam", "k": strategy.k, "alpha": strategy.alpha}
-    if isinstance(strategy, RandomSampler):
-        return {"strategy": "sample", "temperature": strategy.temperature, "top_k": strategy.top_k,
-                "seed": strategy.seed}
-    return {"strategy": "greedy"}
+from captioning.inference.search import Greedy
 
 
 @dataclasses.dataclass
@@ -79,7 +70,7 @@ def evaluate(run_dir, captions, features, split: str = "test", strategy=None, fo
 
     out = Path(out) if out else Path(run_dir) / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"split": split, **describe_strategy(strategy), "features": str(store.path),
+    settings = {"split": split, **strategy.describe(), "features": str(store.path),
                 "captions": str(dataset.source), "images": len(images)}
     record = {"metrics": metrics, "constant_caption_baseline": {"caption": constant, **baseline},
               "settings": settings,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from pathlib import Path
+
+import numpy as np
 
 from captioning.console import import_keras
 from captioning.errors import CaptioningError
@@ -45,10 +48,10 @@ def get_backbone(name: str) -> Backbone:
         raise CaptioningError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
 
 
-def describe_weights(weights) -> str:
-    """How a store records the weights: 'imagenet', 'none' or 'file:NAME sha256:…'."""
+def describe_weights(weights, seed: int = 0) -> str:
+    """How a store records the weights: 'imagenet', 'none (random init, seed S)' or 'file:NAME sha256:…'."""
     if weights is None or str(weights).lower() == "none":
-        return "none"
+        return f"none (random init, seed {seed})"
     if str(weights).lower() == "imagenet":
         return "imagenet"
     path = Path(weights)
@@ -62,12 +65,30 @@ def describe_weights(weights) -> str:
     return f"file:{path.name} sha256:{digest.hexdigest()[:16]}"
 
 
-def build_model(backbone: Backbone, weights="imagenet", pooling: str = "avg"):
-    """The feature extractor: images (N, S, S, 3) → (N, D) pooled or (N, H, W, C) spatial."""
+def weights_from_record(record: str, override=None):
+    """(weights, seed) that rebuild the network a store's ``weights`` record describes."""
+    if record.startswith("none"):
+        seed = re.search(r"seed (\d+)", record)
+        return "none", int(seed.group(1)) if seed else 0
+    if record.startswith("file:"):
+        if not override:
+            raise CaptioningError(f"these features came from a local weights file ({record}); pass its path "
+                                  "(Captioner.load(run, weights=PATH)).")
+        return override, 0
+    return record, 0
+
+
+def build_model(backbone: Backbone, weights="imagenet", pooling: str = "avg", seed: int = 0):
+    """The feature extractor: images (N, S, S, 3) → (N, D) pooled or (N, H, W, C) spatial.
+
+    Random init (``weights="none"``) is seeded: the same seed gives the same network, so a resumed
+    store never mixes two networks and inference can rebuild the one that made the features."""
     keras = import_keras()
     if pooling not in POOLINGS:
         raise CaptioningError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
-    w = None if str(weights).lower() == "none" else weights
+    w = None if weights is None or str(weights).lower() == "none" else weights
+    if w is None:
+        keras.utils.set_random_seed(seed)
     constructor = getattr(keras.applications, backbone.constructor)
     use_top = backbone.pooled_layer is not None and pooling != "spatial"
     kwargs = dict(include_top=use_top, weights=w,
@@ -90,3 +111,14 @@ def build_model(backbone: Backbone, weights="imagenet", pooling: str = "avg"):
     if use_top:
         model = keras.Model(model.input, model.get_layer(backbone.pooled_layer).output, name=backbone.name)
     return model
+
+
+def embed(model, backbone: Backbone, arrays, pooling: str, batch_size: int | None = None) -> np.ndarray:
+    """Features of decoded uint8 RGB images, exactly as stored: (n, D) or (n, H·W, C) for spatial.
+
+    ``batch_size`` pads the batch to a fixed shape so the compiled model is never retraced."""
+    n = len(arrays)
+    x = np.zeros((max(n, batch_size or 0), backbone.input_size, backbone.input_size, 3), np.float32)
+    x[:n] = np.stack(arrays)
+    y = np.asarray(model.predict_on_batch(backbone.preprocess(x)))[:n]
+    return y.reshape(n, -1, y.shape[-1]) if pooling == "spatial" else y.reshape(n, -1)

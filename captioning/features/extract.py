@@ -18,7 +18,7 @@ import numpy as np
 from captioning import __version__
 from captioning.console import import_keras, progress
 from captioning.errors import CaptioningError
-from captioning.features.backbones import build_model, describe_weights, get_backbone
+from captioning.features.backbones import build_model, describe_weights, embed, get_backbone
 from captioning.features.images import RESIZE, ImageError, load_image
 from captioning.features.store import FeatureStore, FeatureStoreWriter
 from captioning.data.formats import IMAGE_SUFFIXES
@@ -99,13 +99,7 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
     keras = import_keras()
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    model = None
-    weights_id = describe_weights(weights)
-    if weights_id == "none":
-        # Random init must be reproducible, or a resumed store would mix two different networks.
-        keras.utils.set_random_seed(seed)
-        weights_id = f"none (random init, seed {seed})"
-    attrs = {"backbone": bb.name, "weights": weights_id, "pooling": pooling,
+    attrs = {"backbone": bb.name, "weights": describe_weights(weights, seed), "pooling": pooling,
              "input_size": bb.input_size, "preprocessing": f"keras.applications.{bb.module}.preprocess_input",
              "resize": RESIZE, "color": "RGB (alpha composited on white)", "dtype": dtype,
              "captioning_version": __version__, "keras_version": keras.__version__,
@@ -113,7 +107,7 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
              "images_root": str(root.resolve()),
              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     # The output shape is part of the identity; it needs the model, which is built once here.
-    model = build_model(bb, weights, pooling)
+    model = build_model(bb, weights, pooling, seed)
     shape = tuple(int(d) for d in model.output.shape[1:])
     attrs["feature_shape"] = [shape[0] * shape[1], shape[2]] if pooling == "spatial" else list(shape)
     if pooling == "spatial":
@@ -140,10 +134,7 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
                            if k + 1 < len(batches) else None)
                 feats = np.zeros((0, *attrs["feature_shape"]), dtype)
                 if arrays:
-                    x = np.zeros((batch_size, bb.input_size, bb.input_size, 3), np.float32)
-                    x[:len(arrays)] = np.stack(arrays)  # fixed batch shape: no retracing
-                    y = np.asarray(model.predict_on_batch(bb.preprocess(x)))[:len(arrays)]
-                    feats = y.reshape(len(arrays), *attrs["feature_shape"]).astype(dtype)
+                    feats = embed(model, bb, arrays, pooling, batch_size).astype(dtype)
                 writer.write_batch(ok_ids, feats, failed)
                 written += len(ok_ids)
                 failed_all += failed
@@ -152,5 +143,5 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
     finally:
         bar.close()
         # Also on Ctrl-C or an error: merge what was done so nothing finished is lost.
-        store = writer.finalize(completed=completed and len(writer.done) >= len(set(ids)) - len(failed_all))
+        store = writer.finalize(completed=completed)  # every listed image stored or recorded as failed
     return ExtractionResult(store, written, skipped, failed_all, time.perf_counter() - start)

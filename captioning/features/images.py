@@ -29,7 +29,10 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 def load_image(path, size: int) -> np.ndarray:
-    """(size, size, 3) uint8 RGB; raises ``ImageError`` with the reason for anything unusable."""
+    """(size, size, 3) uint8 RGB from a file path or an array; raises ``ImageError`` with the reason
+    for anything unusable."""
+    if isinstance(path, np.ndarray):
+        return np.asarray(_to_rgb(Image.fromarray(path)).resize((size, size), Image.BILINEAR), dtype=np.uint8)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

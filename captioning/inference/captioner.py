@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -54,41 +53,19 @@ class Captioner:
     def backbone(self):
         """The CNN that made the training features, rebuilt from the run's record."""
         if self._backbone is None:
-            from captioning.features.backbones import build_model, get_backbone
-            keras = import_keras()
+            from captioning.features.backbones import build_model, get_backbone, weights_from_record
             f = self.config["features"]
-            weights = str(f["weights"])
-            if weights.startswith("none"):
-                seed = re.search(r"seed (\d+)", weights)
-                keras.utils.set_random_seed(int(seed.group(1)) if seed else 0)  # same random init
-                weights = "none"
-            elif weights.startswith("file:"):
-                if not self._weights_override:
-                    raise CaptioningError(f"this run's features came from a local weights file ({weights}); "
-                                          "pass its path: Captioner.load(run, weights=PATH).")
-                weights = self._weights_override
+            weights, seed = weights_from_record(str(f["weights"]), self._weights_override)
             bb = get_backbone(f["backbone"])
-            self._backbone = (bb, build_model(bb, weights, f["pooling"]))
+            self._backbone = (bb, build_model(bb, weights, f["pooling"], seed))
         return self._backbone
 
     def image_features(self, images) -> np.ndarray:
-        """Pooled features for image paths or uint8 RGB arrays, preprocessed as in extraction."""
-        from PIL import Image
-
+        """Features for image paths or uint8 RGB arrays, computed exactly as ``extract-features`` does."""
+        from captioning.features.backbones import embed
         from captioning.features.images import load_image
         bb, model = self.backbone
-        arrays = []
-        for im in images:
-            if isinstance(im, np.ndarray):
-                arrays.append(np.asarray(Image.fromarray(im.astype(np.uint8)).convert("RGB")
-                                         .resize((bb.input_size, bb.input_size), Image.BILINEAR)))
-            else:
-                arrays.append(load_image(im, bb.input_size))
-        x = bb.preprocess(np.stack(arrays).astype(np.float32))
-        y = np.asarray(model.predict_on_batch(x))
-        if self.config["features"].get("pooling") == "spatial":  # (n, H, W, C) → (n, H·W, C)
-            return y.reshape(len(arrays), -1, y.shape[-1])
-        return y.reshape(len(arrays), -1)
+        return embed(model, bb, [load_image(im, bb.input_size) for im in images], self.config["features"]["pooling"])
 
     def caption(self, images, strategy=None, max_length=None) -> list:
         """Captions for image paths or arrays (raises on an unreadable image)."""

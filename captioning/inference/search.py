@@ -61,6 +61,10 @@ class Sampler:
     def _rng(self):
         return None
 
+    def describe(self) -> dict:
+        """The settings, as recorded in eval.json."""
+        return {"strategy": type(self).__name__.lower()}
+
     def next_token(self, log_probs: np.ndarray, rng) -> np.ndarray:
         raise NotImplementedError
 
@@ -84,6 +88,9 @@ class RandomSampler(Sampler):
     def _rng(self):
         return np.random.default_rng(self.seed)
 
+    def describe(self):
+        return {"strategy": "sample", "temperature": self.temperature, "top_k": self.top_k, "seed": self.seed}
+
     def next_token(self, log_probs, rng):
         logits = log_probs / self.temperature
         if self.top_k:
@@ -100,6 +107,9 @@ class BeamSearch(Sampler):
         if k < 1:
             raise ValueError("beam width must be ≥ 1")
         self.k, self.alpha = k, alpha
+
+    def describe(self):
+        return {"strategy": "beam", "k": self.k, "alpha": self.alpha}
 
     def score(self, log_prob: float, length: int) -> float:
         return log_prob / max(length, 1) ** self.alpha
