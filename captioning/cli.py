@@ -66,14 +66,14 @@ def _strategy(a):
 def _cmd_caption(a):
     from captioning.inference.captioner import Captioner
     captioner = Captioner.load(a.model)
+    if a.attention_figure and captioner.decoder["type"] != "attention":  # before any work is done
+        raise CaptioningError("--attention-figure needs a run trained with --model attention")
     results = captioner.caption_files(a.images, _strategy(a), max_length=a.max_length)
     if a.attention_figure:
         from pathlib import Path
 
         from captioning.evaluation.figures import attention_figure
         good = [(p, r) for p, r in results if not isinstance(r, Exception)]
-        if captioner.decoder["type"] != "attention":
-            raise CaptioningError("--attention-figure needs a run trained with --model attention")
         grid = captioner.config["features"]["grid"]
         out = Path(a.attention_figure)
         for i, (path, res) in enumerate(good):
