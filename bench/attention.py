@@ -4,8 +4,8 @@
 
 Makes the sample set, extracts pooled and --spatial features with the same random-init backbone,
 fits merge and attention decoders, and prints test BLEU-4 (greedy, beam 3) for both, and the
-"side rate": on single-shape test/train images whose caption names the shape, how often the
-attention map for that word puts more mass on the shape's half of the grid (chance: 0.5).
+"side rate": for each generated shape word whose object is unambiguous, how often its attention
+map puts more mass on that shape's half of the grid (chance: 0.5), for one- and two-shape scenes.
 """
 
 import argparse
@@ -26,18 +26,27 @@ from captioning.training import FitOptions, fit  # noqa: E402
 
 
 def side_rate(run, data, features, split):
+    """Hits/counts of "the shape word's map has more mass on that shape's half", by scene kind.
+
+    A shape word counts when exactly one object in the scene has that shape, so its side is known:
+    every single-shape scene, and two-shape scenes with two different shapes.
+    """
     cap, store = Captioner.load(run), FeatureStore.open(features)
     scenes = json.loads((Path(data) / "scenes.json").read_text())
-    images = [i for i in load_captions(data).images(split) if len(scenes[i]) == 1]
+    images = load_captions(data).images(split)
     h, w = cap.config["features"]["grid"]
-    hits = n = 0
+    counts = {1: [0, 0], 2: [0, 0]}
     for image, c in zip(images, cap.caption_features(store[images], Greedy())):
-        obj = scenes[image][0]
-        if obj["shape"] in c.words:
-            a = c.attention[c.words.index(obj["shape"])].reshape(h, w)
-            hits += (a[:, : w // 2].sum() > a[:, (w + 1) // 2:].sum()) == (obj["side"] == "left")
-            n += 1
-    return hits, n
+        objects = scenes[image]
+        for t, word in enumerate(c.words):
+            named = [o for o in objects if o["shape"] == word]
+            if len(named) != 1:
+                continue
+            a = c.attention[t].reshape(h, w)
+            left = a[:, : w // 2].sum() > a[:, (w + 1) // 2:].sum()
+            counts[len(objects)][0] += left == (named[0]["side"] == "left")
+            counts[len(objects)][1] += 1
+    return counts
 
 
 def main():
@@ -64,10 +73,11 @@ def main():
     print(f"{'decoder':<11}{'val loss':>9}{'BLEU-4 greedy':>15}{'BLEU-4 beam3':>14}{'constant':>10}")
     for name, vl, g, b, c in rows:
         print(f"{name:<11}{vl:>9.3f}{g:>15.3f}{b:>14.3f}{c:>10.3f}")
+    print("attention side rate: the shape word's map has more mass on that shape's half (chance 0.50)")
     for split in ("test", "train"):
-        hits, n = side_rate(tmp / "attention", data, grid, split)
-        print(f"attention side rate ({split}, single-shape images naming their shape): {hits}/{n} = "
-              f"{hits / max(n, 1):.2f} (chance 0.50)")
+        counts = side_rate(tmp / "attention", data, grid, split)
+        for n_objects, (hits, n) in counts.items():
+            print(f"  {split:<5} {n_objects}-shape scenes: {hits}/{n} = {hits / max(n, 1):.2f}")
 
 
 if __name__ == "__main__":

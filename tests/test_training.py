@@ -80,11 +80,58 @@ def test_reshuffles_deterministically_per_epoch(tmp_path):
 def test_caption_sequence_targets_and_weights(tmp_path):
     _, enc = encoded()
     seq = CaptionSequence(enc, tiny_store(tmp_path), batch_size=4, shuffle=False, output_offset=1)
+    assert len(seq) == 1  # 4 images' worth of captions: all five
     (feats, inputs), targets, weights = seq[0]
-    assert inputs[0].tolist()[:5] == [2, 4, 5, 6, 0]  # startseq a dog runs <pad>
-    assert targets[0].tolist()[:6] == [0, 4, 5, 6, 3, 0]  # offset step, a dog runs endseq, pad
+    row = [r.tolist()[:4] for r in inputs].index([2, 4, 5, 6])  # startseq a dog runs
+    assert inputs.shape[1] == 8  # longest input (startseq a a a dog) is 5, rounded up to 4's multiple
+    assert inputs[row].tolist()[:5] == [2, 4, 5, 6, 0]  # post-padded with 0
+    assert targets[row].tolist()[:6] == [0, 4, 5, 6, 3, 0]  # offset step, a dog runs endseq, pad
     np.testing.assert_array_equal(weights, targets != 0)
     assert targets.shape[1] == inputs.shape[1] + 1 and len(feats) == len(inputs)
+
+
+def length_table(n=60, seed=0):
+    """Captions of 1–12 words over 20 images, so lengths vary across batches."""
+    rng = np.random.default_rng(seed)
+    words = ("a", "dog", "runs", "cat")
+    table = pd.DataFrame({"image": [f"{i % 20}.jpg" for i in range(n)],
+                          "caption": [" ".join(rng.choice(words, 1 + i % 12)) for i in range(n)]})
+    vocab = Vocabulary(list(words))
+    return vocab, EncodedCaptions.from_table(table, vocab, max_length=16)
+
+
+def test_caption_batches_group_similar_lengths_and_cover_every_caption(tmp_path):
+    _, enc = length_table()
+    store = tiny_store(tmp_path, n_images=20)
+    seq = CaptionSequence(enc, store, batch_size=2, seed=1)  # 3 captions per image → 6 per batch
+    assert seq.captions_per_batch == 6 and len(seq) == 10
+    lengths = []
+    for b in range(len(seq)):
+        cs = seq.batch_captions(b)
+        (_, inputs), _, weights = seq[b]
+        longest = max(len(enc.ids[c]) - 1 for c in cs)
+        assert inputs.shape[1] == -(-longest // 4) * 4  # its own longest, rounded up to 4
+        assert weights.sum() == sum(len(enc.ids[c]) - 1 for c in cs)
+        lengths.append(inputs.shape[1])
+    assert sorted(c for b in range(len(seq)) for c in seq.batch_captions(b)) == list(range(len(enc.ids)))
+    assert lengths[0] != lengths[1]  # what Keras' TF adapter needs to accept varying lengths
+    mean_padded = np.mean([max(len(enc.ids[c]) - 1 for c in seq.batch_captions(b)) for b in range(len(seq))])
+    assert mean_padded < max(len(s) - 1 for s in enc.ids) - 2  # sorting, not one global length
+    first = [seq.batch_captions(b) for b in range(len(seq))]
+    assert first == [CaptionSequence(enc, store, 2, seed=1).batch_captions(b) for b in range(len(seq))]
+    seq.on_epoch_end()
+    assert [seq.batch_captions(b) for b in range(len(seq))] != first
+
+
+def test_keras_fits_caption_batches_of_varying_length(tmp_path):
+    vocab, enc = length_table()
+    # unshuffled, the two shortest batches come first: both length 4 unless the sequence mends it
+    seq = CaptionSequence(enc, tiny_store(tmp_path, n_images=20), batch_size=2, shuffle=False)
+    assert len({seq[b][0][1].shape[1] for b in range(len(seq))}) > 2
+    model = build_decoder(DecoderConfig("merge", len(vocab), 6, 16, embed_dim=8, units=8), sequences=True)
+    model.compile("adam", caption_loss())
+    history = model.fit(seq, epochs=2, verbose=0)  # TF: a fixed-length signature would refuse a batch
+    assert np.isfinite(history.history["loss"]).all()
 
 
 def cfg(kind, rnn="lstm", **kw):

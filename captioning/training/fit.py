@@ -154,7 +154,7 @@ def fit(captions, features, out, options: FitOptions = FitOptions(), format=None
     enc_dev = EncodedCaptions.from_table(dev, vocab, max_length)
     if fast:
         seqs = [CaptionSequence(e, store, options.batch_size, options.seed, shuffle=s,
-                                output_offset=cfg.output_offset, pad_length=max_length)
+                                output_offset=cfg.output_offset)
                 for e, s in ((enc_train, True), (enc_dev, False))]
     else:
         seqs = [PairSequence(e, store, options.batch_size, options.seed, shuffle=s, fixed_length=max_length - 1)
@@ -200,8 +200,10 @@ def fit(captions, features, out, options: FitOptions = FitOptions(), format=None
         keras.callbacks.CSVLogger(out / "history.csv", append=resume),
         _EpochState(ckpt / "state.json", seqs),  # last: an epoch counts once everything is saved
     ]
+    # shuffle=False: the Sequence reshuffles itself from (seed, epoch), which --resume can repeat;
+    # Keras' own shuffle of a PyDataset's batch order draws from Python's global random state
     history = model.fit(seqs[0], validation_data=seqs[1], epochs=options.epochs, initial_epoch=initial_epoch,
-                        callbacks=callbacks, verbose=verbose)
+                        callbacks=callbacks, verbose=verbose, shuffle=False)
     epochs_run = initial_epoch + len(history.history.get("loss", []))
 
     next_word = model

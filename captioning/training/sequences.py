@@ -3,12 +3,8 @@
 ``PairSequence`` is the textbook formulation: each caption becomes partial-caption → next-word
 pairs (``startseq`` → ``a``, ``startseq a`` → ``dog``, …, ``startseq a dog runs`` → ``endseq``),
 with sparse integer targets. ``CaptionSequence`` feeds whole captions for the teacher-forced fast
-path. Both read only the feature rows of the batch from HDF5, pad each batch only as far as its own
-longest sequence (``pad_length=None``) or to a fixed length, and reshuffle every epoch from a seed.
-
-``fit`` uses a fixed ``pad_length``: Keras' TensorFlow adapter fixes the batch signature from the
-first two batches it sees, so later, differently padded batches would be rejected; fixed shapes
-also compile once on every backend.
+path, in batches of captions of similar length so that little of the work is padding. Both read
+only the feature rows of the batch from HDF5 and reshuffle every epoch from a seed.
 """
 
 from __future__ import annotations
@@ -56,62 +52,94 @@ def pad(seqs, length=None, offset=0) -> np.ndarray:
 
 
 class _FeatureBatches(keras.utils.PyDataset):
+    """Batches of caption indices, re-drawn every epoch from ``(seed, epoch)``."""
+
     def __init__(self, captions: EncodedCaptions, store, batch_size: int, seed: int = 0,
                  shuffle: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.captions, self.store, self.batch_size = captions, store, batch_size
-        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+        self.seed, self.shuffle = seed, shuffle
         self.image_ids = list(dict.fromkeys(captions.images))
         by_image = {i: [] for i in self.image_ids}
         for c, image in enumerate(captions.images):
             by_image[image].append(c)
         self.by_image = [by_image[i] for i in self.image_ids]
         self.row_of_caption = np.array([store.index[i] for i in captions.images], dtype=np.int64)
-        self._units = self._make_units()
-        self._order = self._permutation()
+        self.set_epoch(0)
 
-    def _make_units(self):  # what gets shuffled and sliced into batches
-        return list(range(len(self.image_ids)))
-
-    def _permutation(self):
-        n = len(self._units)
-        if not self.shuffle:
-            return np.arange(n)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(n)
+    def _batches(self, rng) -> list:
+        """The epoch's batches as lists of units; ``rng`` is None when not shuffling."""
+        raise NotImplementedError
 
     def set_epoch(self, epoch: int):
         self.epoch = epoch
-        self._order = self._permutation()
+        self._batch_list = self._batches(np.random.default_rng([self.seed, epoch]) if self.shuffle else None)
 
     def on_epoch_end(self):
         self.set_epoch(self.epoch + 1)
 
     def __len__(self):
-        return math.ceil(len(self._units) / self.batch_size)
-
-    def _batch_units(self, index):
-        return [self._units[u] for u in self._order[index * self.batch_size:(index + 1) * self.batch_size]]
-
-    def _captions_of(self, index):
-        return [c for u in self._batch_units(index) for c in self.by_image[u]]
+        return len(self._batch_list)
 
     def features(self, caption_indices) -> np.ndarray:
         return self.store.rows(self.row_of_caption[caption_indices]).astype(np.float32, copy=False)
 
 
+def _shuffled(items, rng) -> list:
+    items = list(items)
+    return [items[i] for i in rng.permutation(len(items))] if rng is not None else items
+
+
+def _chunks(items, size) -> list:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 class CaptionSequence(_FeatureBatches):
-    """Fast path: ((features, caption[:-1]), caption[1:], weights) for every caption of N images."""
+    """Fast path: ((features, caption[:-1]), caption[1:], weights), captions batched by length.
+
+    A batch holds about as many captions as ``batch_size`` images have. Captions are sorted by
+    length (rounded up to ``length_multiple``, random order within a length) and cut into
+    batches whose order is shuffled, so each batch is padded only to its own longest caption —
+    on Flickr8k about 15 steps instead of the longest caption's 35. ``pad_length`` pads every
+    batch to one fixed length instead.
+    """
 
     def __init__(self, captions, store, batch_size, seed=0, shuffle=True, output_offset=0, pad_length=None,
-                 **kwargs):
-        self.output_offset, self.pad_length = output_offset, pad_length
+                 length_multiple=4, **kwargs):
+        self.output_offset, self.pad_length, self.length_multiple = output_offset, pad_length, length_multiple
+        images = max(1, len(dict.fromkeys(captions.images)))
+        self.captions_per_batch = max(1, round(batch_size * len(captions.ids) / images))
         super().__init__(captions, store, batch_size, seed, shuffle, **kwargs)
 
+    def input_length(self, caption_indices) -> int:
+        if self.pad_length:
+            return self.pad_length - 1
+        m = self.length_multiple
+        return -(-max(len(self.captions.ids[c]) - 1 for c in caption_indices) // m) * m
+
+    def _batches(self, rng):
+        n = len(self.captions.ids)
+        tiebreak = rng.permutation(n) if rng is not None else np.arange(n)
+        bucket = [self.input_length([c]) for c in range(n)]
+        order = np.lexsort((tiebreak, bucket)).tolist()
+        batches = _shuffled(_chunks(order, self.captions_per_batch), rng)
+        # Keras' TensorFlow adapter infers which dimensions vary from the first two batches: when
+        # lengths differ at all, make those two differ, or a later, longer batch would be refused.
+        lengths = [self.input_length(b) for b in batches]
+        j = next((j for j, length in enumerate(lengths) if length != lengths[0]), None)
+        if j is not None and j > 1:
+            batches[1], batches[j] = batches[j], batches[1]
+        return batches
+
+    def batch_captions(self, index) -> list:
+        return self._batch_list[index]
+
     def __getitem__(self, index):
-        cs = self._captions_of(index)
+        cs = self.batch_captions(index)
+        length = self.input_length(cs)
         seqs = [self.captions.ids[c] for c in cs]
-        inputs = pad([s[:-1] for s in seqs], self.pad_length and self.pad_length - 1)
-        targets = pad([s[1:] for s in seqs], inputs.shape[1] + self.output_offset, self.output_offset)
+        inputs = pad([s[:-1] for s in seqs], length)
+        targets = pad([s[1:] for s in seqs], length + self.output_offset, self.output_offset)
         return (self.features(cs), inputs), targets, (targets != 0).astype(np.float32)
 
 
@@ -130,15 +158,15 @@ class PairSequence(_FeatureBatches):
         self.batch_by, self.fixed_length = batch_by, fixed_length
         super().__init__(captions, store, batch_size, seed, shuffle, **kwargs)
 
-    def _make_units(self):
-        if self.batch_by == "images":
-            return list(range(len(self.image_ids)))
-        return self.captions.pairs()
+    def _batches(self, rng):
+        units = range(len(self.image_ids)) if self.batch_by == "images" else self.captions.pairs()
+        return _chunks(_shuffled(units, rng), self.batch_size)
 
     def batch_pairs(self, index):
         if self.batch_by == "pairs":
-            return self._batch_units(index)
-        return [(c, t) for c in self._captions_of(index) for t in range(1, len(self.captions.ids[c]))]
+            return self._batch_list[index]
+        return [(c, t) for i in self._batch_list[index] for c in self.by_image[i]
+                for t in range(1, len(self.captions.ids[c]))]
 
     def __getitem__(self, index):
         pairs = self.batch_pairs(index)
