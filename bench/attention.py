@@ -1,6 +1,6 @@
 """Attention decoder vs merge on the sample set, plus where attention looks (not a test).
 
-    python bench/attention.py [--images 300] [--backbone efficientnet_b0]
+    python bench/attention.py [--images 600] [--backbone resnet50]
 
 Makes the sample set, extracts pooled and --spatial features with the same random-init backbone,
 fits merge and attention decoders, and prints test BLEU-4 (greedy, beam 3) for both, and the
@@ -20,39 +20,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from captioning.data import load_captions, make_sample  # noqa: E402
 from captioning.evaluation import evaluate  # noqa: E402
+from captioning.evaluation.localisation import side_rate  # noqa: E402
 from captioning.features import FeatureStore, extract_features  # noqa: E402
 from captioning.inference import BeamSearch, Captioner, Greedy  # noqa: E402
 from captioning.training import FitOptions, fit  # noqa: E402
 
 
-def side_rate(run, data, features, split):
-    """Hits/counts of "the shape word's map has more mass on that shape's half", by scene kind.
-
-    A shape word counts when exactly one object in the scene has that shape, so its side is known:
-    every single-shape scene, and two-shape scenes with two different shapes.
-    """
+def side_rate_of(run, data, features, split):
     cap, store = Captioner.load(run), FeatureStore.open(features)
-    scenes = json.loads((Path(data) / "scenes.json").read_text())
     images = load_captions(data).images(split)
-    h, w = cap.config["features"]["grid"]
-    counts = {1: [0, 0], 2: [0, 0]}
-    for image, c in zip(images, cap.caption_features(store[images], Greedy())):
-        objects = scenes[image]
-        for t, word in enumerate(c.words):
-            named = [o for o in objects if o["shape"] == word]
-            if len(named) != 1:
-                continue
-            a = c.attention[t].reshape(h, w)
-            left = a[:, : w // 2].sum() > a[:, (w + 1) // 2:].sum()
-            counts[len(objects)][0] += left == (named[0]["side"] == "left")
-            counts[len(objects)][1] += 1
-    return counts
+    scenes = json.loads((Path(data) / "scenes.json").read_text())
+    return side_rate(images, cap.caption_features(store[images], Greedy()), scenes, cap.config["features"]["grid"])
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--images", type=int, default=300)
-    p.add_argument("--backbone", default="efficientnet_b0")
+    p.add_argument("--images", type=int, default=600)
+    p.add_argument("--backbone", default="resnet50")
     p.add_argument("--epochs", type=int, default=25)
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp())
@@ -73,11 +57,9 @@ def main():
     print(f"{'decoder':<11}{'val loss':>9}{'BLEU-4 greedy':>15}{'BLEU-4 beam3':>14}{'constant':>10}")
     for name, vl, g, b, c in rows:
         print(f"{name:<11}{vl:>9.3f}{g:>15.3f}{b:>14.3f}{c:>10.3f}")
-    print("attention side rate: the shape word's map has more mass on that shape's half (chance 0.50)")
+    print("attention side rate: the shape word's map has more mass on that shape's half")
     for split in ("test", "train"):
-        counts = side_rate(tmp / "attention", data, grid, split)
-        for n_objects, (hits, n) in counts.items():
-            print(f"  {split:<5} {n_objects}-shape scenes: {hits}/{n} = {hits / max(n, 1):.2f}")
+        print(f"  {split:<5} {side_rate_of(tmp / 'attention', data, grid, split).describe()}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
+import json
+
 import numpy as np
 import pytest
 
 from captioning.cli import main
 from captioning.console import import_keras
 from captioning.errors import CaptioningError
+from captioning.evaluation.localisation import side_rate
 from captioning.features import extract_features
 from captioning.inference import BeamSearch, Captioner, Greedy, step_model
+from captioning.inference.search import Caption
 from captioning.training import DecoderConfig, FitOptions, build_decoder, fit
 
 keras = import_keras()
@@ -88,3 +92,45 @@ def test_attention_needs_a_spatial_store(attention_run, sample_dir, tmp_path):
     w.write_batch(["sample_00000.jpg"], np.zeros((1, 4)))
     with pytest.raises(CaptioningError, match="extract with --spatial"):
         fit(sample_dir, w.finalize(True).path, tmp_path / "r", FitOptions(decoder="attention", epochs=1))
+
+
+def test_side_rate_counts_unambiguous_shape_words_by_their_half():
+    left, right = np.zeros((2, 4)), np.zeros((2, 4))
+    left[:, 0], right[:, 3] = 0.5, 0.5  # all mass in the first / last column of a 2×4 grid
+
+    def caption(words, maps):
+        return Caption([], words, " ".join(words), 0.0, True, np.stack([m.ravel() for m in maps]))
+
+    scenes = {"one": [{"shape": "circle", "side": "left"}],
+              "two": [{"shape": "square", "side": "left"}, {"shape": "circle", "side": "right"}],
+              "same": [{"shape": "circle", "side": "left"}, {"shape": "circle", "side": "right"}]}
+    captions = [caption(["a", "circle"], [right, left]),  # hit
+                caption(["square", "and", "circle"], [left, left, left]),  # square hit, circle miss
+                caption(["circle"], [left])]  # two circles: ambiguous, not counted
+    r = side_rate(["one", "two", "same"], captions, scenes, (2, 4))
+    assert (r.hits, r.counts) == ({1: 1, 2: 1}, {1: 1, 2: 2})
+    assert r.rate() == pytest.approx(2 / 3) and r.rate(2) == 0.5
+    with pytest.raises(ValueError, match="attention decoder"):
+        side_rate(["one"], [Caption([], ["circle"], "circle", 0.0, True)], scenes, (2, 4))
+
+
+@pytest.mark.slow
+def test_attention_looks_at_the_named_shape_on_the_sample_set(tmp_path):
+    """The issue's check: a shape word's map favours that shape's half far more often than chance.
+
+    Single-shape scenes, training split (the mechanism, not generalisation; bench/attention.py
+    reports test-split rates on a larger set). ResNet50's random-init grid keeps positions apart.
+    """
+    from captioning.data import load_captions, make_sample
+    data = make_sample(tmp_path / "sample", images=300)
+    store = extract_features(data / "Images", backbone="resnet50", weights="none", pooling="spatial",
+                             dtype="float16", out=tmp_path / "grid.h5", show_progress=False).store
+    fit(data, store.path, tmp_path / "run", FitOptions(decoder="attention", epochs=25, batch_size=16, units=128,
+                                                       embed_dim=64, attention_dim=64, dropout=0.3), verbose=0)
+    cap = Captioner.load(tmp_path / "run")
+    images = load_captions(data).images("train")
+    scenes = json.loads((data / "scenes.json").read_text())
+    rate = side_rate(images, cap.caption_features(store[images], Greedy()), scenes, cap.config["features"]["grid"])
+    print("side rate (train):", rate.describe())
+    assert rate.counts[1] >= 40
+    assert rate.rate(1) >= 0.7  # P(≥ 0.7 of ≥ 40 words at chance 0.5) < 0.01
