@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N")
     p.add_argument("--overwrite", action="store_true", help="replace a store made differently")
     p.add_argument("--strict", action="store_true", help="exit 3 if any image failed")
-    p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU)")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="float16 compute on a GPU, bfloat16 on CPUs that have it (about 2x faster)")
     p.add_argument("--workers", type=int, default=0, help="decode threads (default: CPU count)")
     p.add_argument("--seed", type=int, default=0, help="random init seed with --weights none")
     p.set_defaults(func=_cmd_extract)

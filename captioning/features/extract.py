@@ -18,7 +18,8 @@ import numpy as np
 from captioning import __version__
 from captioning.console import import_keras, progress
 from captioning.errors import CaptioningError
-from captioning.features.backbones import build_model, describe_weights, embed, get_backbone
+from captioning.features.backbones import (build_model, describe_weights, embed, get_backbone,
+                                          mixed_precision_policy)
 from captioning.features.images import RESIZE, ImageError, load_image
 from captioning.features.store import FeatureStore, FeatureStoreWriter
 from captioning.data.formats import IMAGE_SUFFIXES
@@ -97,17 +98,16 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
         raise CaptioningError(f"{root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     out = Path(out) if out else default_output(root, bb.name, pooling)
     keras = import_keras()
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    policy = mixed_precision_policy() if mixed_precision else "float32"
     attrs = {"backbone": bb.name, "weights": describe_weights(weights, seed), "pooling": pooling,
              "input_size": bb.input_size, "preprocessing": f"keras.applications.{bb.module}.preprocess_input",
              "resize": RESIZE, "color": "RGB (alpha composited on white)", "dtype": dtype,
              "captioning_version": __version__, "keras_version": keras.__version__,
-             "backend": keras.backend.backend(), "mixed_precision": bool(mixed_precision),
+             "backend": keras.backend.backend(), "compute_dtype_policy": policy,
              "images_root": str(root.resolve()),
              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     # The output shape is part of the identity; it needs the model, which is built once here.
-    model = build_model(bb, weights, pooling, seed)
+    model = build_model(bb, weights, pooling, seed, policy)
     shape = tuple(int(d) for d in model.output.shape[1:])
     attrs["feature_shape"] = [shape[0] * shape[1], shape[2]] if pooling == "spatial" else list(shape)
     if pooling == "spatial":
