@@ -108,8 +108,10 @@ def test_side_rate_counts_unambiguous_shape_words_by_their_half():
                 caption(["square", "and", "circle"], [left, left, left]),  # square hit, circle miss
                 caption(["circle"], [left])]  # two circles: ambiguous, not counted
     r = side_rate(["one", "two", "same"], captions, scenes, (2, 4))
-    assert (r.hits, r.counts) == ({1: 1, 2: 1}, {1: 1, 2: 2})
-    assert r.rate() == pytest.approx(2 / 3) and r.rate(2) == 0.5
+    assert {k: v for k, v in r.counts.items() if v} == {(1, "left"): 1, (2, "left"): 1, (2, "right"): 1}
+    assert {k: v for k, v in r.hits.items() if v} == {(1, "left"): 1, (2, "left"): 1}
+    assert r.rate() == pytest.approx(2 / 3) and r.rate(2) == 0.5 and r.rate(2, "right") == 0.0
+    assert "2-shape scenes 0.50 (left 1/1, right 0/1)" in r.describe()
     with pytest.raises(ValueError, match="attention decoder"):
         side_rate(["one"], [Caption([], ["circle"], "circle", 0.0, True)], scenes, (2, 4))
 
@@ -132,5 +134,5 @@ def test_attention_looks_at_the_named_shape_on_the_sample_set(tmp_path):
     scenes = json.loads((data / "scenes.json").read_text())
     rate = side_rate(images, cap.caption_features(store[images], Greedy()), scenes, cap.config["features"]["grid"])
     print("side rate (train):", rate.describe())
-    assert rate.counts[1] >= 40
+    assert rate.counts[(1, "left")] + rate.counts[(1, "right")] >= 40
     assert rate.rate(1) >= 0.7  # P(≥ 0.7 of ≥ 40 words at chance 0.5) < 0.01
