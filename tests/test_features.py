@@ -181,6 +181,7 @@ def test_mixed_precision_matches_float32_and_leaves_the_global_policy(sample_dir
     monkeypatch.setattr(backbones, "_cpu_flags", lambda: {"avx2", "amx_bf16"})
     mixed = extract_features(sample_dir / "Images", out=tmp_path / "bf16.h5", mixed_precision=True, **kw).store
     assert mixed.attrs["compute_dtype_policy"] == "mixed_bfloat16"
+    assert "computed in mixed_bfloat16" in mixed.describe() and "computed in" not in full.describe()
     assert keras.config.dtype_policy().name == "float32"  # decoders built later stay float32
     a, b = full[full.ids], mixed[full.ids]
     assert b.dtype == np.float32
