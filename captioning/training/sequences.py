@@ -10,7 +10,6 @@ only the feature rows of the batch from HDF5 and reshuffle every epoch from a se
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
@@ -107,18 +106,20 @@ class CaptionSequence(_FeatureBatches):
                  **kwargs):
         # lengths rounded up to a multiple of 4: few distinct shapes for backends that compile per shape
         self.output_offset, self.length_multiple = output_offset, length_multiple
+        self._input_lengths = np.array([len(ids) - 1 for ids in captions.ids])
         images = max(1, len(dict.fromkeys(captions.images)))
         self.captions_per_batch = max(1, round(batch_size * len(captions.ids) / images))
         super().__init__(captions, store, batch_size, seed, shuffle, **kwargs)
 
     def input_length(self, caption_indices) -> int:
+        """The padded length of a batch: its longest input, rounded up to ``length_multiple``."""
         m = self.length_multiple
-        return -(-max(len(self.captions.ids[c]) - 1 for c in caption_indices) // m) * m
+        return -(-int(self._input_lengths[caption_indices].max()) // m) * m
 
     def _batches(self, rng):
         n = len(self.captions.ids)
         tiebreak = rng.permutation(n) if rng is not None else np.arange(n)
-        bucket = [self.input_length([c]) for c in range(n)]
+        bucket = -(-self._input_lengths // self.length_multiple)
         order = np.lexsort((tiebreak, bucket)).tolist()
         batches = _shuffled(_chunks(order, self.captions_per_batch), rng)
         # Keras' TensorFlow adapter infers which dimensions vary from the first two batches: when
@@ -154,10 +155,11 @@ class PairSequence(_FeatureBatches):
         if batch_by not in ("images", "pairs"):
             raise ValueError("batch_by must be 'images' or 'pairs'")
         self.batch_by, self.fixed_length = batch_by, fixed_length
+        self._pairs = captions.pairs() if batch_by == "pairs" else None  # listed once, not every epoch
         super().__init__(captions, store, batch_size, seed, shuffle, **kwargs)
 
     def _batches(self, rng):
-        units = range(len(self.image_ids)) if self.batch_by == "images" else self.captions.pairs()
+        units = range(len(self.image_ids)) if self.batch_by == "images" else self._pairs
         return _chunks(_shuffled(units, rng), self.batch_size)
 
     def batch_pairs(self, index):
