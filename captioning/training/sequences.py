@@ -35,6 +35,13 @@ class EncodedCaptions:
             ids.append(np.array(vocab.encode(words), dtype=np.int32))
         return cls(images, ids)
 
+    def by_image(self) -> list:
+        """Caption indices grouped by image, images in first-seen order."""
+        groups = {}
+        for c, image in enumerate(self.images):
+            groups.setdefault(image, []).append(c)
+        return list(groups.values())
+
     def pairs(self):
         """Every (caption index, prefix length) of the textbook formulation."""
         return [(c, t) for c, seq in enumerate(self.ids) for t in range(1, len(seq))]
@@ -58,11 +65,6 @@ class _FeatureBatches(keras.utils.PyDataset):
         super().__init__(**kwargs)
         self.captions, self.store, self.batch_size = captions, store, batch_size
         self.seed, self.shuffle = seed, shuffle
-        self.image_ids = list(dict.fromkeys(captions.images))
-        by_image = {i: [] for i in self.image_ids}
-        for c, image in enumerate(captions.images):
-            by_image[image].append(c)
-        self.by_image = [by_image[i] for i in self.image_ids]
         self.row_of_caption = np.array([store.index[i] for i in captions.images], dtype=np.int64)
         self.set_epoch(0)
 
@@ -107,7 +109,7 @@ class CaptionSequence(_FeatureBatches):
         # lengths rounded up to a multiple of 4: few distinct shapes for backends that compile per shape
         self.output_offset, self.length_multiple = output_offset, length_multiple
         self._input_lengths = np.array([len(ids) - 1 for ids in captions.ids])
-        images = max(1, len(dict.fromkeys(captions.images)))
+        images = max(1, len(set(captions.images)))
         self.captions_per_batch = max(1, round(batch_size * len(captions.ids) / images))
         super().__init__(captions, store, batch_size, seed, shuffle, **kwargs)
 
@@ -155,17 +157,17 @@ class PairSequence(_FeatureBatches):
         if batch_by not in ("images", "pairs"):
             raise ValueError("batch_by must be 'images' or 'pairs'")
         self.batch_by, self.fixed_length = batch_by, fixed_length
-        self._pairs = captions.pairs() if batch_by == "pairs" else None  # listed once, not every epoch
+        # listed once, not every epoch: an image's captions, or every pair
+        self._units = captions.by_image() if batch_by == "images" else captions.pairs()
         super().__init__(captions, store, batch_size, seed, shuffle, **kwargs)
 
     def _batches(self, rng):
-        units = range(len(self.image_ids)) if self.batch_by == "images" else self._pairs
-        return _chunks(_shuffled(units, rng), self.batch_size)
+        return _chunks(_shuffled(self._units, rng), self.batch_size)
 
     def batch_pairs(self, index):
         if self.batch_by == "pairs":
             return self._batch_list[index]
-        return [(c, t) for i in self._batch_list[index] for c in self.by_image[i]
+        return [(c, t) for image in self._batch_list[index] for c in image
                 for t in range(1, len(self.captions.ids[c]))]
 
     def __getitem__(self, index):
