@@ -172,13 +172,13 @@ def test_image_list_restricts_and_missing_files_are_recorded(sample_dir, tmp_pat
 
 def test_mixed_precision_matches_float32_and_leaves_the_global_policy(sample_dir, tmp_path, monkeypatch):
     from captioning.console import import_keras
-    from captioning.features import backbones
+    from captioning import hardware
     keras = import_keras()
     kw = dict(backbone="efficientnet_b0", weights="none", limit=8, show_progress=False)
     full = extract_features(sample_dir / "Images", out=tmp_path / "f32.h5", **kw).store
     assert full.attrs["compute_dtype_policy"] == "float32"
-    monkeypatch.setattr(backbones, "_gpu_visible", lambda: False)
-    monkeypatch.setattr(backbones, "_cpu_flags", lambda: {"avx2", "amx_bf16"})
+    monkeypatch.setattr(hardware, "gpu_visible", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "amx_bf16"})
     mixed = extract_features(sample_dir / "Images", out=tmp_path / "bf16.h5", mixed_precision=True, **kw).store
     assert mixed.attrs["compute_dtype_policy"] == "mixed_bfloat16"
     assert "computed in mixed_bfloat16" in mixed.describe() and "computed in" not in full.describe()
@@ -187,6 +187,6 @@ def test_mixed_precision_matches_float32_and_leaves_the_global_policy(sample_dir
     assert b.dtype == np.float32
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() > 0.999 and not np.array_equal(a, b)  # same network, bfloat16 arithmetic
-    monkeypatch.setattr(backbones, "_cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2"})
     with pytest.raises(CaptioningError, match="needs a GPU, or a CPU with bfloat16"):
         extract_features(sample_dir / "Images", out=tmp_path / "no.h5", mixed_precision=True, **kw)

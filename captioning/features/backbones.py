@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from captioning import hardware
 from captioning.console import import_keras
 from captioning.errors import CaptioningError
 
@@ -85,33 +86,12 @@ def mixed_precision_policy() -> str:
     convolutions about twice as fast as float32; elsewhere bfloat16 would be emulated and slower.
     Variables stay float32 either way, so the network is the same; features differ by about 1 %.
     """
-    if _gpu_visible():
+    if hardware.gpu_visible():
         return "mixed_float16"
-    if _cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+    if hardware.cpu_flags() & {"avx512_bf16", "amx_bf16"}:
         return "mixed_bfloat16"
     raise CaptioningError("--mixed-precision needs a GPU, or a CPU with bfloat16 instructions (AVX512-BF16 or "
                           "AMX); this machine has neither, so it would only be slower. Run without it.")
-
-
-def _cpu_flags() -> set:
-    cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere no flags are known
-    if not cpuinfo.exists():
-        return set()
-    return {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for f in line.split()}
-
-
-def _gpu_visible() -> bool:
-    backend = import_keras().backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-        return bool(tf.config.list_physical_devices("GPU"))
-    if backend == "jax":
-        import jax
-        return any(d.platform == "gpu" for d in jax.devices())
-    if backend == "torch":
-        import torch
-        return torch.cuda.is_available()
-    return False
 
 
 def build_model(backbone: Backbone, weights="imagenet", pooling: str = "avg", seed: int = 0,

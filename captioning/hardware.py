@@ -1,0 +1,28 @@
+"""What this machine computes on: decides reduced precision (features) and the LSTM kernel (training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from captioning.console import import_keras
+
+
+def cpu_flags() -> set:
+    cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere no flags are known
+    if not cpuinfo.exists():
+        return set()
+    return {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for f in line.split()}
+
+
+def gpu_visible() -> bool:
+    backend = import_keras().backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+        return any(d.platform == "gpu" for d in jax.devices())
+    if backend == "torch":
+        import torch
+        return torch.cuda.is_available()
+    return False
