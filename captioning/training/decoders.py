@@ -69,9 +69,12 @@ def caption_loss():
     return keras.losses.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")
 
 
-def _rnn(cfg: DecoderConfig, name: str, return_sequences: bool):
+def _rnn(cfg: DecoderConfig, name: str, return_sequences: bool, teacher_forced: bool = False):
     keras = import_keras()
-    cls = keras.layers.LSTM if cfg.rnn == "lstm" else keras.layers.GRU
+    if cfg.rnn == "gru":
+        return keras.layers.GRU(cfg.units, return_sequences=return_sequences, name=name)
+    from captioning.training.lstm import SequenceLSTM  # same weights, a cheaper backward pass
+    cls = SequenceLSTM if teacher_forced else keras.layers.LSTM
     return cls(cfg.units, return_sequences=return_sequences, name=name)
 
 
@@ -91,20 +94,20 @@ def build_decoder(cfg: DecoderConfig, sequences: bool = False):
     img = L.Dropout(cfg.dropout, name="image_dropout")(img)
     if cfg.type == "merge":
         img = L.Dense(cfg.units, activation="relu", name="image_dense")(img)
-        seq = _rnn(cfg, "rnn", True)(L.Dropout(cfg.dropout, name="caption_dropout")(embed))
+        seq = _rnn(cfg, "rnn", True, sequences)(L.Dropout(cfg.dropout, name="caption_dropout")(embed))
         img = L.Reshape((1, cfg.units), name="image_step")(img)  # broadcast over time
         hidden = L.Add(name="merge")([img, seq])
     elif cfg.type == "init-inject":
         states = [L.Dense(cfg.units, activation="tanh", name="init_h")(img)]
         if cfg.rnn == "lstm":
             states.append(L.Dense(cfg.units, activation="tanh", name="init_c")(img))
-        hidden = _rnn(cfg, "rnn", True)(L.Dropout(cfg.dropout, name="caption_dropout")(embed),
+        hidden = _rnn(cfg, "rnn", True, sequences)(L.Dropout(cfg.dropout, name="caption_dropout")(embed),
                                         initial_state=states)
     elif cfg.type == "pre-inject":
         img = L.Dense(cfg.embed_dim, activation="relu", name="image_dense")(img)
         img = L.Reshape((1, cfg.embed_dim), name="image_step")(img)
         words = L.Dropout(cfg.dropout, name="caption_dropout")(embed)
-        hidden = _rnn(cfg, "rnn", True)(L.Concatenate(axis=1, name="image_then_words")([img, words]))
+        hidden = _rnn(cfg, "rnn", True, sequences)(L.Concatenate(axis=1, name="image_then_words")([img, words]))
     else:  # inject: the image repeated beside every word, a second RNN over both
         img = L.Dense(cfg.embed_dim, activation="relu", name="image_dense")(img)
         img = L.RepeatVector(cfg.max_length - 1, name="image_repeat")(img)
