@@ -1,6 +1,7 @@
 import numpy as np
 
 from captioning.console import import_keras
+from captioning.training import DecoderConfig, build_decoder, lstm
 from captioning.training.lstm import SequenceLSTM
 
 keras = import_keras()
@@ -39,8 +40,6 @@ def test_sequence_lstm_computes_keras_lstm_values_and_gradients():
 
 
 def test_fast_path_decoders_train_through_sequence_lstm(monkeypatch):
-    from captioning.training import DecoderConfig, build_decoder
-    from captioning.training import lstm
     calls = []
     real = lstm.lstm_sequence
     monkeypatch.setattr(lstm, "lstm_sequence", lambda *a: calls.append(1) or real(*a))

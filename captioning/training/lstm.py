@@ -3,8 +3,8 @@
 Autodiff through a Keras LSTM's loop forms the weight gradients step by step: every step
 multiplies its own slice and adds it to running sums the size of the weights. Here the input
 projection of all steps is one matmul, the backward loop carries only what depends on the
-previous step, and each weight gradient is one matmul over all steps at the end — as cuDNN
-organises it, and saves a good part of a CPU training step. On a GPU, Keras' own LSTM runs
+previous step, and each weight gradient is one matmul over all steps at the end, as cuDNN
+organises it. That saves a good part of a CPU training step. On a GPU, Keras' own LSTM runs
 instead (cuDNN, where the backend has it).
 """
 
@@ -25,7 +25,8 @@ def lstm_sequence(x, h0, c0, kernel, recurrent_kernel, bias):
 
     @ops.custom_gradient
     def run(x, h0, c0, kernel, recurrent_kernel, bias):
-        zx = ops.matmul(ops.transpose(x, (1, 0, 2)), kernel) + bias  # (T, B, 4U): all steps at once
+        xt = ops.transpose(x, (1, 0, 2))  # time-major for scan
+        zx = ops.matmul(xt, kernel) + bias  # (T, B, 4U): all steps at once
 
         def step(carry, z):
             h, c, _ = carry
@@ -35,7 +36,7 @@ def lstm_sequence(x, h0, c0, kernel, recurrent_kernel, bias):
             c = f * c + i * g
             h = o * ops.tanh(c)
             gates = ops.concatenate([i, f, g, o], axis=-1)
-            return (h, c, gates), (h, c, gates)
+            return (h, c, gates), (h, c, gates)  # Keras' TensorFlow scan needs outputs shaped as the carry
 
         _, (hs, cs, gates) = ops.scan(step, (h0, c0, ops.zeros_like(zx[0])), zx)
         out = ops.transpose(ops.concatenate([hs, cs], axis=-1), (1, 0, 2))
@@ -46,7 +47,6 @@ def lstm_sequence(x, h0, c0, kernel, recurrent_kernel, bias):
             c_prev = ops.concatenate([c0[None], cs[:-1]], axis=0)
             h_prev = ops.concatenate([h0[None], hs[:-1]], axis=0)
             recurrent_t = ops.transpose(recurrent_kernel)
-
             units = ops.shape(h0)[-1]
 
             def back(carry, elems):
@@ -65,7 +65,7 @@ def lstm_sequence(x, h0, c0, kernel, recurrent_kernel, bias):
             (dh0, dc0, _), (_, _, dz) = ops.scan(back, (ops.zeros_like(h0), ops.zeros_like(c0), ops.zeros_like(zx[0])),
                                                  elems, reverse=True)
             dz_flat = ops.reshape(dz, (-1, ops.shape(dz)[-1]))
-            x_flat = ops.reshape(ops.transpose(x, (1, 0, 2)), (-1, ops.shape(x)[-1]))
+            x_flat = ops.reshape(xt, (-1, ops.shape(x)[-1]))
             d_kernel = ops.matmul(ops.transpose(x_flat), dz_flat)
             d_recurrent = ops.matmul(ops.transpose(ops.reshape(h_prev, (-1, ops.shape(h_prev)[-1]))), dz_flat)
             d_bias = ops.sum(dz_flat, axis=0)
