@@ -191,15 +191,14 @@ class FeatureStoreWriter:
         for p in sources:
             with h5py.File(p, "r") as f:
                 n += len(f["image_ids"])
-        row_bytes = int(np.prod(shape)) * np.dtype(self.attrs["dtype"]).itemsize
-        chunk_rows = max(1, min(max(n, 1), (1 << 20) // row_bytes))
         tmp = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         ids, failed, row = [], {}, 0
         with h5py.File(tmp, "w") as out:
             out.attrs.update(self.attrs)
-            feats = out.create_dataset("features", shape=(n, *shape), dtype=self.attrs["dtype"],
-                                       chunks=(chunk_rows, *shape), maxshape=(None, *shape))
+            # contiguous, not chunked: a training batch reads rows scattered over the whole store, and
+            # HDF5 reads a contiguous row with one seek but spends ~0.1 ms per row finding it in chunks
+            feats = out.create_dataset("features", shape=(n, *shape), dtype=self.attrs["dtype"])
             for p in sources:
                 with h5py.File(p, "r") as f:
                     src_ids = _strings(f["image_ids"])
