@@ -127,7 +127,7 @@ def main():
     results.append((f"(c) captioning fast path, {a.batch_images} images/batch", float(np.median(times)),
                     float(np.median(losses))))
     spread = (f"(c) over {a.repeats} runs: median {np.median(times):.1f} s, mean {np.mean(times):.1f} s, "
-              f"{min(times):.1f}–{max(times):.1f} s; val loss {min(losses):.3f}–{max(losses):.3f}")
+              f"runs in order {', '.join(f'{t:.1f}' for t in times)} s; val loss {min(losses):.3f}–{max(losses):.3f}")
 
     print(f"\nmerge decoder, 1 epoch, {len(train_imgs)} Flickr8k train images ({len(train)} captions, "
           f"{sum(len(s) - 1 for s in enc_tr.ids)} pairs), vocab {len(vocab)}, max length {max_length}; "
