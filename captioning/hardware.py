@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from captioning.console import import_keras
 
 
+@functools.cache  # fixed for the life of the process; asked on every model trace
 def cpu_flags() -> set:
     cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere no flags are known
     if not cpuinfo.exists():
@@ -14,6 +16,7 @@ def cpu_flags() -> set:
     return {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for f in line.split()}
 
 
+@functools.cache
 def gpu_visible() -> bool:
     backend = import_keras().backend.backend()
     if backend == "tensorflow":

@@ -106,23 +106,23 @@ class CaptionSequence(_FeatureBatches):
 
     def __init__(self, captions, store, batch_size, seed=0, shuffle=True, output_offset=0, length_multiple=4,
                  **kwargs):
-        # lengths rounded up to a multiple of 4: few distinct shapes for backends that compile per shape
-        self.output_offset, self.length_multiple = output_offset, length_multiple
-        self._input_lengths = np.array([len(ids) - 1 for ids in captions.ids])
+        self.output_offset = output_offset
+        # inputs are captions minus endseq, rounded up to length_multiple (4): few distinct shapes for
+        # backends that compile per shape
+        lengths = np.array([len(ids) - 1 for ids in captions.ids])
+        self._padded_lengths = -(-lengths // length_multiple) * length_multiple
         images = max(1, len(set(captions.images)))
         self.captions_per_batch = max(1, round(batch_size * len(captions.ids) / images))
         super().__init__(captions, store, batch_size, seed, shuffle, **kwargs)
 
     def input_length(self, caption_indices) -> int:
         """The padded length of a batch: its longest input, rounded up to ``length_multiple``."""
-        m = self.length_multiple
-        return -(-int(self._input_lengths[caption_indices].max()) // m) * m
+        return int(self._padded_lengths[caption_indices].max())
 
     def _batches(self, rng):
         n = len(self.captions.ids)
         tiebreak = rng.permutation(n) if rng is not None else np.arange(n)
-        bucket = -(-self._input_lengths // self.length_multiple)
-        order = np.lexsort((tiebreak, bucket)).tolist()
+        order = np.lexsort((tiebreak, self._padded_lengths)).tolist()
         batches = _shuffled(_chunks(order, self.captions_per_batch), rng)
         # Keras' TensorFlow adapter infers which dimensions vary from the first two batches: when
         # lengths differ at all, make those two differ, or a later, longer batch would be refused.
