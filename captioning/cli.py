@@ -8,11 +8,12 @@ Exit codes: 0 success; 1 a problem explained on stderr (bad input, missing weigh
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
 from captioning import __version__, console
-from captioning.errors import CaptioningError
+from captioning.errors import CaptioningError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -45,7 +46,7 @@ def _cmd_extract(a):
 
 def _cmd_fit(a):
     from captioning.training.fit import FitOptions, fit
-    opts = FitOptions(decoder=a.model, epochs=a.epochs, batch_size=a.batch_size, embed_dim=a.embed_dim,
+    opts = FitOptions(decoder=a.decoder, epochs=a.epochs, batch_size=a.batch_size, embed_dim=a.embed_dim,
                       units=a.units, dropout=a.dropout, rnn=a.rnn, learning_rate=a.learning_rate,
                       min_count=a.min_count, max_length_percentile=a.max_length_percentile,
                       patience=a.patience, seed=a.seed, pairs=a.pairs, bidirectional=a.bidirectional,
@@ -56,25 +57,28 @@ def _cmd_fit(a):
     print(result.summary())
 
 
-def _strategy(a):
+def _strategy(a, vocab_size: int):
     from captioning.inference.search import BeamSearch, Greedy, RandomSampler
-    if getattr(a, "sample", False):
+    if a.sample:
+        if a.top_k > vocab_size:
+            raise UsageError(f"--top-k must be at most the vocabulary size ({vocab_size}); got {a.top_k}")
         return RandomSampler(temperature=a.temperature, top_k=a.top_k, seed=a.seed)
-    return BeamSearch(a.beam) if a.beam and a.beam > 1 else Greedy()
+    return BeamSearch(a.beam, a.length_penalty) if a.beam > 1 else Greedy()
 
 
 def _cmd_caption(a):
     from captioning.inference.captioner import Captioner
-    captioner = Captioner.load(a.model)
-    if a.attention_figure and captioner.decoder["type"] != "attention":  # before any work is done
-        raise CaptioningError("--attention-figure needs a run trained with --model attention")
-    results = captioner.caption_files(a.images, _strategy(a), max_length=a.max_length)
+    captioner = Captioner.load(a.run, weights=a.weights)
+    strategy = _strategy(a, len(captioner.vocab))
+    if a.attention_figure and captioner.decoder.type != "attention":  # before any work is done
+        raise UsageError("--attention-figure needs a run trained with --decoder attention")
+    results = captioner.caption_files(a.images, strategy, max_length=a.max_length)
     if a.attention_figure:
         from pathlib import Path
 
         from captioning.evaluation.figures import attention_figure
         good = [(p, r) for p, r in results if not isinstance(r, Exception)]
-        grid = captioner.config["features"]["grid"]
+        grid = captioner.features.grid
         out = Path(a.attention_figure)
         for i, (path, res) in enumerate(good):
             target = out if len(good) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
@@ -94,8 +98,10 @@ def _cmd_caption(a):
 
 def _cmd_evaluate(a):
     from captioning.evaluation.evaluate import evaluate
-    result = evaluate(a.model, a.captions, a.features, split=a.split, strategy=_strategy(a),
-                      format=a.format, out=a.out, coco=a.coco, limit=a.limit)
+    from captioning.inference.captioner import Captioner
+    captioner = Captioner.load(a.run)
+    result = evaluate(a.run, a.captions, a.features, split=a.split, strategy=_strategy(a, len(captioner.vocab)),
+                      format=a.format, out=a.out, coco=a.coco, limit=a.limit, captioner=captioner)
     print(result.summary())
 
 
@@ -104,37 +110,63 @@ def _cmd_demo(a):
     run_demo(a.out, images=a.images, backbone=a.backbone, epochs=a.epochs)
 
 
+def _ranged(kind, low, high=None, low_open=False, what=""):
+    """An argparse type that refuses values outside [low, high] (or (low, high]) with the range named."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if v != v or (v <= low if low_open else v < low) or (high is not None and v > high):
+            rng = f"{'>' if low_open else '≥'} {low}" + (f" and ≤ {high}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {rng}{what}")
+        return v
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _add_run_option(p):
+    p.add_argument("--run", metavar="RUN_DIR", help="the run folder written by `captioning fit` (required)")
+    p.add_argument("--model", dest="run_deprecated", metavar="RUN_DIR", help=argparse.SUPPRESS)
+
+
 def _add_strategy_options(p):
-    p.add_argument("--beam", type=int, default=0, metavar="K", help="beam width (default: greedy)")
+    p.add_argument("--beam", type=_ranged(int, 0), default=0, metavar="K", help="beam width; 0 or 1: greedy")
+    p.add_argument("--length-penalty", type=_ranged(float, 0), default=0.7, metavar="ALPHA",
+                   help="beam: rank finished captions by log p / length**ALPHA")
     p.add_argument("--sample", action="store_true", help="sample instead of searching")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest words (0: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=_ranged(float, 0, low_open=True), default=1.0, help="with --sample")
+    p.add_argument("--top-k", type=_ranged(int, 0), default=0, help="with --sample: the k likeliest words (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="with --sample")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from captioning import decoders
     from captioning.data.formats import FORMATS
-    parser = argparse.ArgumentParser(
+    from captioning.training.fit import FitOptions
+    d = FitOptions()
+    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         prog="captioning", description="Image captioning with Keras: cached CNN features, "
         "merge/inject decoders, greedy/beam/sampling inference, BLEU and COCO metrics.")
     parser.add_argument("--version", action="version", version=f"captioning {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add = functools.partial(sub.add_parser, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
-    p = sub.add_parser("make-sample", help="write the built-in synthetic sample data set")
+    p = add("make-sample", help="write the built-in synthetic sample data set")
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--images", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_make_sample)
 
-    p = sub.add_parser("info", help="summarise a data set: splits, vocabulary, lengths, missing images")
+    p = add("info", help="summarise a data set: splits, vocabulary, lengths, missing images")
     p.add_argument("data", metavar="DATA", help="data-set folder or captions file")
     p.add_argument("--format", choices=FORMATS)
     p.add_argument("--images", metavar="DIR", help="images folder (default: found next to the captions)")
     p.add_argument("--min-count", type=int, default=5)
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("extract-features", help="run a CNN over images and cache vectors in HDF5")
+    p = add("extract-features", help="run a CNN over images and cache vectors in HDF5")
     p.add_argument("images_dir", metavar="IMAGES_DIR")
     p.add_argument("--backbone", required=True, help="xception, inception_v3, resnet50, vgg16, densenet201, …")
     p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a Keras weights file")
@@ -154,56 +186,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random init seed with --weights none")
     p.set_defaults(func=_cmd_extract)
 
-    p = sub.add_parser("fit", help="train a decoder on cached features into a run folder")
+    p = add("fit", help="train a decoder on cached features into a run folder")
     p.add_argument("--captions", required=True, metavar="DATA")
     p.add_argument("--format", choices=FORMATS)
     p.add_argument("--features", required=True, metavar="FILE.h5")
-    p.add_argument("--model", default="merge", choices=["merge", "inject", "init-inject", "pre-inject", "attention"],
-                   help="attention needs a --spatial feature store")
+    p.add_argument("--decoder", default=d.decoder, choices=decoders.names(),
+                   help="; ".join(f"{n}: {decoders.get(n).help}" for n in decoders.names()))
+    p.add_argument("--model", dest="decoder_deprecated", choices=decoders.names(), help=argparse.SUPPRESS)
     p.add_argument("--out", required=True, metavar="RUN_DIR")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    p.add_argument("--embed-dim", type=int, default=256)
-    p.add_argument("--units", type=int, default=256)
-    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--epochs", type=_ranged(int, 1), default=d.epochs, help="the most epochs (early stopping)")
+    p.add_argument("--batch-size", type=_ranged(int, 1), default=d.batch_size, help="images per batch")
+    p.add_argument("--embed-dim", type=_ranged(int, 1), default=d.embed_dim)
+    p.add_argument("--units", type=_ranged(int, 1), default=d.units)
+    p.add_argument("--dropout", type=_ranged(float, 0, 0.999999, what=" and < 1"), default=d.dropout)
     p.add_argument("--rnn", choices=["lstm", "gru"], default="lstm")
     p.add_argument("--bidirectional", action="store_true", help="inject only: bidirectional final LSTM")
-    p.add_argument("--attention-dim", type=int, default=256, help="attention only")
-    p.add_argument("--doubly-stochastic", type=float, default=0.02, metavar="LAMBDA",
+    p.add_argument("--attention-dim", type=_ranged(int, 1), default=d.attention_dim, help="attention only")
+    p.add_argument("--doubly-stochastic", type=_ranged(float, 0), default=d.doubly_stochastic, metavar="LAMBDA",
                    help="attention only: weight of the λ·Σ(1 − Σₜ αₜ)² regulariser")
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--min-count", type=int, default=1)
-    p.add_argument("--max-length-percentile", type=float, default=None)
-    p.add_argument("--patience", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--learning-rate", type=_ranged(float, 0, low_open=True), default=d.learning_rate)
+    p.add_argument("--min-count", type=_ranged(int, 1), default=d.min_count,
+                   help="keep words seen at least this often in the train captions")
+    p.add_argument("--max-length-percentile", type=_ranged(float, 0, 100, low_open=True),
+                   default=d.max_length_percentile, help="cap caption length at this percentile (default: none)")
+    p.add_argument("--patience", type=_ranged(int, 1), default=d.patience, help="early stopping, in epochs")
+    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--pairs", action="store_true", help="train on partial-caption pairs (the reference path)")
     p.add_argument("--on-missing", choices=["skip", "error"], default="skip",
                    help="captioned images absent from the feature store")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.set_defaults(func=_cmd_fit)
 
-    p = sub.add_parser("caption", help="caption image files with a trained run folder")
+    p = add("caption", help="caption image files with a trained run folder")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--model", required=True, metavar="RUN_DIR")
-    p.add_argument("--max-length", type=int, default=None)
+    _add_run_option(p)
+    p.add_argument("--weights", metavar="PATH", help="the backbone's weights file, if the recorded one has moved")
+    p.add_argument("--max-length", type=_ranged(int, 2), default=None, help="default: the run's")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--attention-figure", metavar="OUT.png", help="attention runs: per-word attention maps")
     _add_strategy_options(p)
     p.set_defaults(func=_cmd_caption)
 
-    p = sub.add_parser("evaluate", help="score a split: BLEU-1..4 (and COCO metrics), eval.json, figure")
-    p.add_argument("--model", required=True, metavar="RUN_DIR")
+    p = add("evaluate", help="score a split: BLEU-1..4 (and COCO metrics), eval.json, figure")
+    _add_run_option(p)
     p.add_argument("--captions", required=True, metavar="DATA")
     p.add_argument("--format", choices=FORMATS)
     p.add_argument("--features", required=True, metavar="FILE.h5")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"])
     p.add_argument("--out", metavar="DIR", help="default: RUN_DIR/eval-<split>")
     p.add_argument("--coco", action="store_true", help="also METEOR/ROUGE-L/CIDEr (needs the coco extra and Java)")
-    p.add_argument("--limit", type=int, metavar="N", help="first N images of the split")
+    p.add_argument("--limit", type=_ranged(int, 1), metavar="N", help="first N images of the split")
     _add_strategy_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("demo", help="the whole pipeline on the built-in sample set, offline")
+    p = add("demo", help="the whole pipeline on the built-in sample set, offline")
     p.add_argument("--out", default="demo", metavar="DIR")
     p.add_argument("--images", type=int, default=300)
     p.add_argument("--backbone", default="resnet50")
@@ -212,14 +248,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _renamed_options(parser, args) -> None:
+    """--model meant the decoder in fit and the run folder elsewhere; the old spellings still work."""
+    for new, old, flag in (("decoder", "decoder_deprecated", "--decoder"), ("run", "run_deprecated", "--run")):
+        if getattr(args, old, None) is not None:
+            print(f"captioning {args.command}: note: --model is deprecated here; use {flag} "
+                  "(the old spelling goes in the next release).", file=sys.stderr)
+            setattr(args, new, getattr(args, old))
+    if hasattr(args, "run_deprecated") and not args.run:
+        parser.error(f"{args.command}: the following arguments are required: --run RUN_DIR")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _renamed_options(parser, args)
     console.configure(args.verbose)
     try:
         code = args.func(args)
+    except UsageError as e:
+        print(f"captioning {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except CaptioningError as e:
         print(f"captioning {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:  # read-only folders, a full disk, a path that is a folder or a file
+        if args.verbose:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"captioning {args.command}: error: {where}{e.strerror or e}. Check that the path exists, is "
+              "writable and that the disk has space; nothing finished was lost. Run again with --verbose "
+              "for the traceback.", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"\ncaptioning {args.command}: interrupted; finished work is kept.", file=sys.stderr)

@@ -51,6 +51,7 @@ def import_keras():
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf  # noqa: F401  (first import is where the log wall comes from)
             tf.get_logger().setLevel("ERROR")
+            tf.config.list_physical_devices()  # device set-up logs (cuInit on GPU-less machines) here, silenced
     return keras
 
 

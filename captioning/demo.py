@@ -57,7 +57,7 @@ def run_demo(out="demo", images: int = 300, backbone: str = "resnet50", epochs: 
     if (run_dir / "model.keras").exists():
         print(f"{run_dir} is already trained: reusing it (delete the folder to train again)")
     else:
-        interrupted = (run_dir / "checkpoints" / "last.keras").exists()  # a demo killed mid-training
+        interrupted = (run_dir / "checkpoints" / "state.json").exists()  # a demo killed mid-training
         fitted = fit(data, extraction.store.path, run_dir,
                      FitOptions(decoder="merge", epochs=epochs, batch_size=16, dropout=0.3, patience=5, seed=seed),
                      resume=interrupted, verbose=1 if sys.stdout.isatty() else 2)
@@ -80,7 +80,7 @@ def run_demo(out="demo", images: int = 300, backbone: str = "resnet50", epochs: 
           f"vocab.json, config.json, history.csv, training_curves.png). Test BLEU-4: greedy "
           f"{greedy.metrics['BLEU-4']:.3f}, beam k=3 {beam.metrics['BLEU-4']:.3f} (a constant caption scores "
           f"{greedy.baseline['BLEU-4']:.3f}). Figures: {run_dir / 'training_curves.png'}, "
-          f"{beam.out_dir / 'examples.png'}.\nNext: captioning caption YOUR_IMAGE.jpg --model {run_dir} --beam 3")
+          f"{beam.out_dir / 'examples.png'}.\nNext: captioning caption YOUR_IMAGE.jpg --run {run_dir} --beam 3")
     return {"data": data, "features": extraction.store.path, "run": run_dir, "weights": weights_used,
             "bleu4_greedy": greedy.metrics["BLEU-4"], "bleu4_beam3": beam.metrics["BLEU-4"],
             "bleu4_constant": greedy.baseline["BLEU-4"]}

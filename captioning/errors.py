@@ -16,3 +16,7 @@ class DataFormatError(CaptioningError):
         self.path, self.line, self.problem = str(path), line, problem
         where = f"{path}, line {line}" if line else str(path)
         super().__init__(f"{where}: {problem}" + (f"\n  {hint}" if hint else ""))
+
+
+class UsageError(CaptioningError):
+    """An option value outside its allowed range; the CLI exits 2, as for any usage error."""

@@ -10,7 +10,9 @@ from captioning.evaluation.localisation import side_rate
 from captioning.features import extract_features
 from captioning.inference import BeamSearch, Captioner, Greedy, step_model
 from captioning.inference.search import Caption
-from captioning.training import DecoderConfig, FitOptions, build_decoder, fit
+from captioning.decoders import DecoderConfig
+from captioning.decoders import build as build_decoder
+from captioning.training import FitOptions, fit
 
 keras = import_keras()
 
@@ -35,7 +37,7 @@ def test_stateful_steps_match_the_teacher_forced_model_and_weights_sum_to_one():
     c = cfg()
     seq_model = build_decoder(c, sequences=True)
     feats = np.random.default_rng(1).normal(size=(2, 9, 6)).astype("float32")
-    steps = step_model(seq_model, "attention", c.max_length)
+    steps = step_model(seq_model, c)
     state = steps.start(feats)
     tokens, prefix = np.full(2, 2), [np.full(2, 2)]
     for t in range(5):
@@ -73,14 +75,14 @@ def attention_run(sample_dir, tmp_path_factory):
 def test_fit_attention_and_decode_with_maps(attention_run, sample_dir, tmp_path, capsys):
     run, store = attention_run
     cap = Captioner.load(run)
-    grid = cap.config["features"]["grid"]
-    assert grid == [7, 7]
+    grid = cap.features.grid
+    assert grid == (7, 7)
     for strategy in (Greedy(), BeamSearch(3)):
         for c in cap.caption_features(store[store.ids[:3]], strategy, max_length=6):
             assert c.attention.shape == (len(c.tokens), 49)
             np.testing.assert_allclose(c.attention.sum(-1), 1.0, atol=1e-4)
     image = str(sample_dir / "Images" / store.ids[0])
-    assert main(["caption", image, "--model", str(run), "--beam", "2", "--attention-figure",
+    assert main(["caption", image, "--run", str(run), "--beam", "2", "--attention-figure",
                  str(tmp_path / "att.png")]) == 0
     assert (tmp_path / "att.png").stat().st_size > 10_000
 
@@ -132,7 +134,7 @@ def test_attention_looks_at_the_named_shape_on_the_sample_set(tmp_path):
     cap = Captioner.load(tmp_path / "run")
     images = load_captions(data).images("train")
     scenes = json.loads((data / "scenes.json").read_text())
-    rate = side_rate(images, cap.caption_features(store[images], Greedy()), scenes, cap.config["features"]["grid"])
+    rate = side_rate(images, cap.caption_features(store[images], Greedy()), scenes, cap.features.grid)
     print("side rate (train):", rate.describe())
     assert rate.counts[(1, "left")] + rate.counts[(1, "right")] >= 40
     assert rate.rate(1) >= 0.7  # P(≥ 0.7 of ≥ 40 words at chance 0.5) < 0.01

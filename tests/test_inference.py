@@ -10,7 +10,8 @@ from captioning.data import Vocabulary
 from captioning.evaluation import bleu_scores, evaluate
 from captioning.features import FeatureStore
 from captioning.inference import BeamSearch, Captioner, Greedy, PrefixSteps, RandomSampler, StepModel, step_model
-from captioning.training import DecoderConfig, build_decoder
+from captioning.decoders import DecoderConfig
+from captioning.decoders import build as build_decoder
 
 keras = import_keras()
 START, END = 2, 3
@@ -99,7 +100,7 @@ def test_stateful_step_matches_full_prefix_model(kind, rnn):
     keras.utils.set_random_seed(3)
     cfg = DecoderConfig(kind, vocab_size=10, feature_dim=5, max_length=7, embed_dim=6, units=8, rnn=rnn)
     model = build_decoder(cfg)
-    stateful, full = step_model(model, kind, cfg.max_length), PrefixSteps(model)
+    stateful, full = step_model(model, cfg), PrefixSteps(model)
     assert type(stateful).__name__ == "RecurrentSteps"
     feats = np.random.default_rng(0).normal(size=(3, 5)).astype("float32")
     s1, s2 = stateful.start(feats), full.start(feats)
@@ -108,7 +109,7 @@ def test_stateful_step_matches_full_prefix_model(kind, rnn):
         lp1, s1 = stateful.step(tokens, s1)
         lp2, s2 = full.step(tokens, s2)
         np.testing.assert_allclose(lp1, lp2, atol=2e-5)
-        tokens = np.argmax(lp1, -1)
+        tokens = np.argmax(lp1[:, 1:], -1) + 1  # never the padding id, which a prefix model reads as "no word"
 
 
 def test_bleu_matches_hand_computation():
@@ -148,7 +149,7 @@ def test_cli_caption_reports_bad_images_and_keeps_going(learnable, tmp_path, cap
     good = str(learnable["data"] / "Images" / "sample_00000.jpg")
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
-    code = main(["caption", good, str(bad), str(tmp_path / "missing.jpg"), "--model",
+    code = main(["caption", good, str(bad), str(tmp_path / "missing.jpg"), "--run",
                  str(learnable["run"]), "--beam", "3", "--json"])
     out, err = capsys.readouterr()
     assert code == 3
@@ -158,7 +159,7 @@ def test_cli_caption_reports_bad_images_and_keeps_going(learnable, tmp_path, cap
 
 
 def test_cli_evaluate_and_vocab_cleaning_recorded(learnable, tmp_path, capsys):
-    assert main(["evaluate", "--model", str(learnable["run"]), "--captions", str(learnable["data"]),
+    assert main(["evaluate", "--run", str(learnable["run"]), "--captions", str(learnable["data"]),
                  "--features", str(learnable["features"]), "--split", "dev", "--out", str(tmp_path)]) == 0
     assert "BLEU-4" in capsys.readouterr().out
     assert Vocabulary.load(learnable["run"] / "vocab.json").cleaning.lowercase

@@ -1,8 +1,9 @@
 import numpy as np
 
 from captioning.console import import_keras
-from captioning.training import DecoderConfig, build_decoder, lstm
-from captioning.training.lstm import SequenceLSTM
+from captioning.decoders import DecoderConfig, lstm
+from captioning.decoders import build as build_decoder
+from captioning.decoders.lstm import SequenceLSTM
 
 keras = import_keras()
 L = keras.layers

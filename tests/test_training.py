@@ -13,9 +13,10 @@ from captioning.console import import_keras
 from captioning.data import Vocabulary
 from captioning.errors import CaptioningError
 from captioning.features.store import FeatureStoreWriter
-from captioning.training import DecoderConfig, FitOptions, build_decoder, fit
-from captioning.training.decoders import caption_loss
-from captioning.training.runs import load_config
+from captioning.decoders import DecoderConfig, caption_loss
+from captioning.decoders import build as build_decoder
+from captioning.run import load_config
+from captioning.training import FitOptions, fit
 from captioning.training.sequences import CaptionSequence, EncodedCaptions, PairSequence
 
 keras = import_keras()
@@ -166,7 +167,7 @@ def test_fast_path_loss_equals_pairs_loss(tmp_path, kind):
     pair_model.compile(loss="sparse_categorical_crossentropy")
     vocab, enc = encoded(("a", "dog", "runs", "cat", "w5", "w6", "w7", "w8"))
     store = tiny_store(tmp_path)
-    (f1, inputs), targets, weights = CaptionSequence(enc, store, 4, shuffle=False, output_offset=c.output_offset)[0]
+    (f1, inputs), targets, weights = CaptionSequence(enc, store, 4, shuffle=False, output_offset=c.decoder.output_offset)[0]
     (f2, prefixes), next_words = PairSequence(enc, store, 4, shuffle=False)[0]
     fast = seq_model.evaluate([f1, inputs], targets, sample_weight=weights, verbose=0)
     pairs = pair_model.evaluate([f2, prefixes], next_words, verbose=0, batch_size=len(next_words))
@@ -198,7 +199,7 @@ def test_fit_learns_far_below_unigram_and_writes_the_run(learnable):
 
 def test_fit_refuses_bad_inputs(learnable, tmp_path):
     data, features = learnable["data"], learnable["features"]
-    with pytest.raises(CaptioningError, match="already holds a run"):
+    with pytest.raises(CaptioningError, match="not empty.*--resume"):
         fit(data, features, learnable["run"], FitOptions(epochs=1))
     partial = tiny_store(tmp_path)  # knows none of the sample's images
     with pytest.raises(CaptioningError, match="have no features"):

@@ -9,6 +9,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from captioning import atomic
 from captioning.data.text import END_TOKEN, START_TOKEN, CleaningOptions, tokenize
 from captioning.errors import CaptioningError
 
@@ -72,9 +73,7 @@ class Vocabulary:
                 "cleaning": self.cleaning.to_dict(), "counts": self.counts}
 
     def save(self, path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
-        return path
+        return atomic.write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
 
     @classmethod
     def load(cls, path) -> "Vocabulary":

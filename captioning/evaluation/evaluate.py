@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+from captioning import atomic
 from captioning.data import load_captions, tokenize
 from captioning.errors import CaptioningError
 from captioning.evaluation.bleu import bleu_scores
@@ -26,6 +27,7 @@ class EvalResult:
     settings: dict
     out_dir: Path
     seconds: float
+    notes: list = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         fmt = ", ".join(f"{k} {v:.3f}" for k, v in self.metrics.items() if v is not None)
@@ -35,7 +37,8 @@ class EvalResult:
         return (f"Captioned {self.images} {self.settings['split']} images with {self.settings['strategy']} "
                 f"decoding in {self.seconds:.1f} s: {fmt}{extra}. A constant caption "
                 f"(\"{self.baseline_caption}\") scores {base}. Wrote {self.out_dir / 'eval.json'} "
-                f"(metrics, settings, every caption) and {self.out_dir / 'examples.png'}.")
+                f"(metrics, settings, every caption) and {self.out_dir / 'examples.png'}."
+                + "".join(f"\n  note: {n}" for n in self.notes))
 
 
 def evaluate(run_dir, captions, features, split: str = "test", strategy=None, format=None, out=None,
@@ -46,14 +49,16 @@ def evaluate(run_dir, captions, features, split: str = "test", strategy=None, fo
     dataset = load_captions(captions, format=format)
     refs_raw = dataset.references(split)
     store = FeatureStore.open(features)
-    if store.attrs.get("backbone") != captioner.config["features"]["backbone"]:
-        raise CaptioningError(f"{features} holds {store.attrs.get('backbone')} features but the run was trained "
-                              f"on {captioner.config['features']['backbone']} features.")
-    images = [i for i in refs_raw if i in store]
-    if limit:
-        images = images[:limit]
+    captioner.features.require_compatible(store.spec, f"the features run {run_dir} was trained on", str(features))
+    asked = list(refs_raw)[:limit] if limit else list(refs_raw)
+    images = [i for i in asked if i in store]
     if not images:
         raise CaptioningError(f"no {split} image of {dataset.source} has features in {store.path}")
+    notes = []
+    if len(images) < len(asked):
+        missing = [i for i in asked if i not in store]
+        notes.append(f"scored {len(images)} of the {len(asked)} {split} images: {len(missing)} have no features in "
+                     f"{store.path} (e.g. {', '.join(missing[:3])}); scores cover only the rest.")
     start = time.perf_counter()
     generated = captioner.caption_features(store[images], strategy)
     seconds = time.perf_counter() - start
@@ -76,8 +81,9 @@ def evaluate(run_dir, captions, features, split: str = "test", strategy=None, fo
               "settings": settings,
               "captions": [{"image": i, "caption": g.text, "log_prob": g.log_prob, "finished": g.finished,
                             "references": refs_raw[i]} for i, g in zip(images, generated)]}
-    (out / "eval.json").write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
+    record["notes"] = notes
+    atomic.write_text(out / "eval.json", json.dumps(record, indent=1, ensure_ascii=False))
     grid = [(dataset.images_root / i, g.text, refs_raw[i]) for i, g in list(zip(images, generated))[:9]]
-    caption_grid(grid, out / "examples.png",
-                 title=f"{split} split — {settings['strategy']} — BLEU-4 {metrics['BLEU-4']:.3f}")
-    return EvalResult(metrics, baseline, constant, len(images), settings, out, seconds)
+    with atomic.replacing(out / "examples.png") as tmp:
+        caption_grid(grid, tmp, title=f"{split} split — {settings['strategy']} — BLEU-4 {metrics['BLEU-4']:.3f}")
+    return EvalResult(metrics, baseline, constant, len(images), settings, out, seconds, notes)

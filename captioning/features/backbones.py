@@ -36,7 +36,14 @@ BACKBONES = {b.name: b for b in [
     Backbone("vgg16", "VGG16", "vgg16", 224, pooled_layer="fc2"),
     Backbone("densenet201", "DenseNet201", "densenet", 224),
     Backbone("efficientnet_b0", "EfficientNetB0", "efficientnet", 224),
+    Backbone("efficientnet_b1", "EfficientNetB1", "efficientnet", 240),
+    Backbone("efficientnet_b2", "EfficientNetB2", "efficientnet", 260),
+    Backbone("efficientnet_b3", "EfficientNetB3", "efficientnet", 300),
     Backbone("inception_resnet_v2", "InceptionResNetV2", "inception_resnet_v2", 299),
+    Backbone("mobilenet", "MobileNet", "mobilenet", 224),
+    Backbone("mobilenet_v2", "MobileNetV2", "mobilenet_v2", 224),
+    Backbone("mobilenet_v3_small", "MobileNetV3Small", "mobilenet_v3", 224),
+    Backbone("mobilenet_v3_large", "MobileNetV3Large", "mobilenet_v3", 224),
 ]}
 
 POOLINGS = ("avg", "max", "spatial")
@@ -49,34 +56,52 @@ def get_backbone(name: str) -> Backbone:
         raise CaptioningError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
 
 
-def describe_weights(weights, seed: int = 0) -> str:
-    """How a store records the weights: 'imagenet', 'none (random init, seed S)' or 'file:NAME sha256:…'."""
-    if weights is None or str(weights).lower() == "none":
-        return f"none (random init, seed {seed})"
-    if str(weights).lower() == "imagenet":
-        return "imagenet"
-    path = Path(weights)
-    if not path.is_file():
-        raise CaptioningError(f"--weights {weights}: no such file. Use imagenet, none, or the path of a "
-                              "Keras weights file (.weights.h5) for this backbone.")
+def file_sha256(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return f"file:{path.name} sha256:{digest.hexdigest()[:16]}"
+    return digest.hexdigest()
 
 
-def weights_from_record(record: str, override=None):
-    """(weights, seed) that rebuild the network a store's ``weights`` record describes."""
+def describe_weights(weights, seed: int = 0) -> dict:
+    """How a store records the weights: ``weights`` is 'imagenet', 'none (random init, seed S)' or
+    'file:NAME sha256:…'; a file also gets its absolute path and full digest, so a run made from it
+    can rebuild the backbone later without the user typing the path again."""
+    if weights is None or str(weights).lower() == "none":
+        return {"weights": f"none (random init, seed {seed})"}
+    if str(weights).lower() == "imagenet":
+        return {"weights": "imagenet"}
+    path = Path(weights)
+    if not path.is_file():
+        raise CaptioningError(f"--weights {weights}: no such file. Use imagenet, none, or the path of a "
+                              "Keras weights file (.h5 or .weights.h5) for this backbone.")
+    sha = file_sha256(path)
+    return {"weights": f"file:{path.name} sha256:{sha[:16]}", "weights_path": str(path.resolve()),
+            "weights_sha256": sha}
+
+
+def weights_for_spec(spec, override=None):
+    """(weights, seed) that rebuild the network a ``FeatureSpec`` describes.
+
+    A weights file is taken from ``override`` when given, else from the recorded path; either
+    way its content must match the recorded hash, or the features would come from another network."""
+    record = spec.weights
     if record.startswith("none"):
         seed = re.search(r"seed (\d+)", record)
         return "none", int(seed.group(1)) if seed else 0
-    if record.startswith("file:"):
-        if not override:
-            raise CaptioningError(f"these features came from a local weights file ({record}); pass its path "
-                                  "(Captioner.load(run, weights=PATH)).")
-        return override, 0
-    return record, 0
+    if not record.startswith("file:"):
+        return record, 0
+    candidate = override or spec.weights_path
+    expected = spec.weights_sha256 or re.search(r"sha256:([0-9a-f]+)", record).group(1)
+    if not candidate or not Path(candidate).is_file():
+        where = f" It was at {spec.weights_path}, which is gone." if spec.weights_path else ""
+        raise CaptioningError(f"these features came from the weights file {record}.{where} Pass its path with "
+                              "--weights PATH (Captioner.load(run, weights=PATH)).")
+    if not file_sha256(candidate).startswith(expected):
+        raise CaptioningError(f"{candidate} is not the weights file the features came from ({record}): its "
+                              "content differs. Pass the original file with --weights PATH.")
+    return str(candidate), 0
 
 
 def mixed_precision_policy() -> str:
@@ -133,7 +158,11 @@ def _build_model(keras, backbone, weights, pooling, seed):
                 "  --weights PATH   (a weights file copied from a machine with internet, e.g. from\n"
                 "                    ~/.keras/models/ there).") from e
         if w is not None:
-            raise CaptioningError(f"could not load weights from {w} into {backbone.name}: {e}") from e
+            raise CaptioningError(f"could not load the weights file {w} into {backbone.name} "
+                                  f"({type(e).__name__}: {str(e)[:200]}). The file must be made for this backbone "
+                                  f"({backbone.constructor}, include_top={use_top}, {backbone.input_size} px): "
+                                  "a *_no_top file for pooled or spatial features, or pick the backbone the file "
+                                  "belongs to.") from e
         raise
     if use_top:
         model = keras.Model(model.input, model.get_layer(backbone.pooled_layer).output, name=backbone.name)

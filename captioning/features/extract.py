@@ -99,7 +99,7 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
     out = Path(out) if out else default_output(root, bb.name, pooling)
     keras = import_keras()
     policy = mixed_precision_policy() if mixed_precision else "float32"
-    attrs = {"backbone": bb.name, "weights": describe_weights(weights, seed), "pooling": pooling,
+    attrs = {"backbone": bb.name, **describe_weights(weights, seed), "pooling": pooling,
              "input_size": bb.input_size, "preprocessing": f"keras.applications.{bb.module}.preprocess_input",
              "resize": RESIZE, "color": "RGB (alpha composited on white)", "dtype": dtype,
              "captioning_version": __version__, "keras_version": keras.__version__,

@@ -21,8 +21,8 @@ import h5py
 import numpy as np
 
 from captioning.errors import CaptioningError
+from captioning.lock import WriterLock
 
-IDENTITY = ("backbone", "weights", "pooling", "input_size", "feature_shape")
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -64,6 +64,9 @@ class FeatureStore:
         except (OSError, KeyError) as e:
             raise CaptioningError(f"{self.path}: not a readable feature store ({e})") from e
         self.attrs = _attrs(self._file)
+        if len(self._features) != len(self.ids):
+            raise CaptioningError(f"{self.path}: {len(self._features)} feature rows for {len(self.ids)} image ids; "
+                                  "the store is damaged. Re-extract it (extract-features --overwrite).")
         self.index = {image_id: row for row, image_id in enumerate(self.ids)}
         failed = self._file.get("failed")
         self.failed = dict(zip(_strings(failed["image_ids"]), _strings(failed["reasons"]))) if failed else {}
@@ -81,6 +84,36 @@ class FeatureStore:
     @property
     def feature_shape(self) -> tuple:
         return tuple(self._features.shape[1:])
+
+    @property
+    def spec(self):
+        """What made these features (``FeatureSpec``), for the identity checks of fit and evaluate."""
+        from captioning.features.spec import FeatureSpec
+        try:
+            return FeatureSpec.from_dict({**self.attrs, "feature_shape": self.feature_shape})
+        except CaptioningError as e:
+            raise CaptioningError(f"{self.path}: {e}") from e
+
+    def statistics(self, rows, block: int = 4096):
+        """Per-feature mean and standard deviation of the given rows, streamed (COCO-sized stores fit).
+
+        Spatial grids give statistics per channel, over all cells. Non-finite values are refused:
+        they would turn every loss into NaN many minutes later."""
+        rows = np.sort(np.unique(np.asarray(rows)))
+        total, sq, n = None, None, 0
+        for i in range(0, len(rows), block):
+            x = self.rows(rows[i:i + block]).astype(np.float64)
+            x = x.reshape(-1, x.shape[-1])
+            if not np.isfinite(x).all():
+                bad = sorted({self.ids[rows[i + j // max(1, x.shape[0] // len(rows[i:i + block]))]]
+                              for j in np.flatnonzero(~np.isfinite(x).all(axis=1))[:3]})
+                raise CaptioningError(f"{self.path}: non-finite feature values (NaN or inf), e.g. for "
+                                      f"{', '.join(bad)}. Re-extract these images (extract-features --overwrite).")
+            total = x.sum(0) if total is None else total + x.sum(0)
+            sq = (x ** 2).sum(0) if sq is None else sq + (x ** 2).sum(0)
+            n += len(x)
+        mean = total / n
+        return mean, np.sqrt(np.maximum(sq / n - mean ** 2, 0.0))
 
     @property
     def dtype(self):
@@ -137,11 +170,27 @@ class FeatureStoreWriter:
     def __init__(self, path, attrs: dict, overwrite: bool = False):
         self.path, self.attrs = Path(path), dict(attrs)
         self.parts = partial_dir(self.path)
-        existing = self._existing_identity()
-        if existing is not None and any(existing.get(k) != attrs.get(k) for k in IDENTITY):
+        self.lock = WriterLock(self.path, "extract-features").acquire()  # released by finalize
+        try:
+            self._open(overwrite)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, overwrite: bool):
+        if overwrite and self.path.exists() and not self.path.is_file():
+            raise CaptioningError(f"--out {self.path} is a folder; choose a file name ending in .h5.")
+        existing = None if overwrite and not self._readable() else self._existing_identity()
+        diff = []
+        if existing is not None:
+            from captioning.features.spec import FeatureSpec  # the one identity rule, as fit and evaluate use
+            try:
+                diff = FeatureSpec.from_dict(existing).differences(FeatureSpec.from_dict(self.attrs), ("stored", "asked"))
+            except CaptioningError as e:
+                diff = [f"unreadable description: {e}"]
+        if diff:
+            diff = "; ".join(diff)
             if not overwrite:
-                diff = ", ".join(f"{k}: stored {existing.get(k)!r}, asked {attrs.get(k)!r}"
-                                 for k in IDENTITY if existing.get(k) != attrs.get(k))
                 raise CaptioningError(
                     f"{self.path} was made differently ({diff}). Features of different models must "
                     "not be mixed: choose another --out, or pass --overwrite to replace it.")
@@ -150,6 +199,18 @@ class FeatureStoreWriter:
         self.parts.mkdir(parents=True, exist_ok=True)
         self._next = 1 + max((int(p.stem.split("-")[1]) for p in self._segments()), default=0)
         self.done = set(self._stored_ids())
+
+    def _readable(self) -> bool:
+        """Whether the store and every segment open; --overwrite replaces them when not."""
+        try:
+            for p in ([self.path] if self.path.is_file() else []) + self._segments():
+                with h5py.File(p, "r") as f:
+                    _strings(f["image_ids"])
+            return True
+        except (OSError, KeyError):
+            self.path.unlink(missing_ok=True)
+            shutil.rmtree(self.parts, ignore_errors=True)
+            return False
 
     def _segments(self) -> list[Path]:
         return sorted(self.parts.glob("seg-*.h5")) if self.parts.is_dir() else []
@@ -166,8 +227,12 @@ class FeatureStoreWriter:
 
     def _stored_ids(self):
         for p in ([self.path] if self.path.is_file() else []) + self._segments():
-            with h5py.File(p, "r") as f:
-                yield from _strings(f["image_ids"])
+            try:
+                with h5py.File(p, "r") as f:
+                    yield from _strings(f["image_ids"])
+            except (OSError, KeyError) as e:
+                raise CaptioningError(f"{p}: exists but is damaged ({e}); pass --overwrite to start the store "
+                                      "again.") from e
 
     def write_batch(self, ids: list[str], features: np.ndarray, failed=()):
         """One atomic segment: a kill before the rename leaves only a temp file, ignored later."""
@@ -184,13 +249,29 @@ class FeatureStoreWriter:
         self.done.update(ids)
 
     def finalize(self, completed: bool) -> FeatureStore:
-        """Merge the store and its segments into a fresh file, swap it in, drop the segments."""
+        """Merge the store and its segments into a fresh file, swap it in, drop the segments.
+
+        Safe to kill at any instant: before the rename the old store and the segments are intact; after
+        it the merged store holds everything, and segments left behind are duplicates merged away next time."""
+        try:
+            return self._merge(completed)
+        finally:
+            self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
+            self.lock.release()
+
+    def _merge(self, completed: bool) -> FeatureStore:
         sources = ([self.path] if self.path.is_file() else []) + self._segments()
         shape = tuple(self.attrs["feature_shape"])
-        n = 0
+        # A merge killed after its rename but before the segments were removed leaves the same rows in
+        # the store and in segments (same network, checked on open): the first copy of each id is kept.
+        keep, seen = [], set()
         for p in sources:
             with h5py.File(p, "r") as f:
-                n += len(f["image_ids"])
+                ids_here = _strings(f["image_ids"])
+            mask = np.array([i not in seen for i in ids_here], bool)
+            seen.update(ids_here)
+            keep.append(mask)
+        n = int(sum(m.sum() for m in keep))
         tmp = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         ids, failed, row = [], {}, 0
@@ -199,21 +280,18 @@ class FeatureStoreWriter:
             # contiguous, not chunked: a training batch reads rows scattered over the whole store, and
             # HDF5 reads a contiguous row with one seek but spends ~0.1 ms per row finding it in chunks
             feats = out.create_dataset("features", shape=(n, *shape), dtype=self.attrs["dtype"])
-            for p in sources:
+            for p, mask in zip(sources, keep):
                 with h5py.File(p, "r") as f:
                     src_ids = _strings(f["image_ids"])
                     for start in range(0, len(src_ids), 4096):
-                        block = f["features"][start:start + 4096]
+                        block = f["features"][start:start + 4096][mask[start:start + 4096]]
                         feats[row:row + len(block)] = block
                         row += len(block)
-                    ids += src_ids
+                    ids += [i for i, m in zip(src_ids, mask) if m]
                     if "failed" in f:
                         failed.update(zip(_strings(f["failed"]["image_ids"]), _strings(f["failed"]["reasons"])))
                     elif "failed_ids" in f:
                         failed.update(zip(_strings(f["failed_ids"]), _strings(f["failed_reasons"])))
-            if len(set(ids)) != len(ids):
-                raise CaptioningError(f"{self.path}: duplicate image ids while merging; this is a bug — "
-                                      f"the segments in {self.parts} are kept for inspection.")
             stored = set(ids)
             failed = {k: v for k, v in failed.items() if k not in stored}  # later retries succeeded
             out.create_dataset("image_ids", data=np.array(ids, dtype=object), dtype=_STR)

@@ -1,8 +1,11 @@
-"""Inference: greedy, beam search and sampling over a stateful one-step decoder."""
+"""Inference: greedy, beam search and sampling over a decoder's stateful one-step model.
 
+Inference reads the run format (``captioning.run``) and the decoders; it never imports training.
+"""
+
+from captioning.decoders import PrefixSteps, StepModel, step_model
 from captioning.inference.captioner import Captioner
 from captioning.inference.search import BeamSearch, Caption, Greedy, RandomSampler, Sampler
-from captioning.inference.steps import PrefixSteps, RecurrentSteps, StepModel, step_model
 
 __all__ = ["Captioner", "BeamSearch", "Caption", "Greedy", "RandomSampler", "Sampler", "PrefixSteps",
-           "RecurrentSteps", "StepModel", "step_model"]
+           "StepModel", "step_model"]

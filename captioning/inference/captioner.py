@@ -6,41 +6,41 @@ from pathlib import Path
 
 import numpy as np
 
-from captioning.console import import_keras
-from captioning.data import Vocabulary
+from captioning import decoders
 from captioning.errors import CaptioningError
 from captioning.inference.search import Greedy, to_captions
-from captioning.inference.steps import step_model
-from captioning.training.runs import load_config
+from captioning.run import Run, load_model
 
 
 class Captioner:
-    def __init__(self, model, vocab: Vocabulary, config: dict, run_dir=None, weights=None):
-        self.model, self.vocab, self.config, self.run_dir = model, vocab, config, run_dir
-        self.decoder = config["decoder"]
-        self.steps = step_model(model, self.decoder["type"], self.decoder["max_length"])
+    def __init__(self, model, run: Run, run_dir=None, weights=None):
+        self.model, self.run, self.run_dir = model, run, run_dir
+        self.vocab, self.decoder, self.features = run.vocab, run.decoder, run.features
+        self.steps = decoders.step_model(model, run.decoder)
         self._weights_override = weights
         self._backbone = None
 
     @classmethod
     def load(cls, run_dir, weights=None) -> "Captioner":
         """Load ``model.keras`` (safe mode), ``vocab.json`` and ``config.json`` from a run folder.
-        ``weights`` overrides the backbone weights file recorded as ``file:…``."""
-        keras = import_keras()
+        ``weights`` is the backbone's weights file, when the one recorded has moved."""
         run_dir = Path(run_dir)
-        config = load_config(run_dir)
+        run = Run.load(run_dir)
         if not (run_dir / "model.keras").is_file():
             raise CaptioningError(f"{run_dir}: no model.keras — the run did not finish; "
                                   "continue it with `captioning fit ... --resume`.")
-        model = keras.models.load_model(run_dir / "model.keras", safe_mode=True, compile=False)
-        return cls(model, Vocabulary.load(run_dir / "vocab.json"), config, run_dir, weights)
+        return cls(load_model(run_dir / "model.keras"), run, run_dir, weights)
 
     # --- from features -------------------------------------------------------------------------
     def caption_features(self, features, strategy=None, max_length=None, batch_size: int = 256) -> list:
         """Captions for feature vectors as stored by ``extract-features`` (N, D)."""
         strategy = strategy or Greedy()
-        max_length = max_length or self.decoder["max_length"]
+        max_length = max_length or self.decoder.max_length
         features = np.asarray(features, np.float32)
+        expected = tuple(self.features.feature_shape)
+        if features.shape[1:] != expected:
+            raise CaptioningError(f"features of shape {features.shape[1:]} given, but this run was trained on "
+                                  f"{expected} ({self.features.describe()}).")
         out = []
         for i in range(0, len(features), batch_size):
             hyps = strategy(self.steps, features[i:i + batch_size], self.vocab.start_id, self.vocab.end_id,
@@ -53,11 +53,10 @@ class Captioner:
     def backbone(self):
         """The CNN that made the training features, rebuilt from the run's record."""
         if self._backbone is None:
-            from captioning.features.backbones import build_model, get_backbone, weights_from_record
-            f = self.config["features"]
-            weights, seed = weights_from_record(str(f["weights"]), self._weights_override)
-            bb = get_backbone(f["backbone"])
-            self._backbone = (bb, build_model(bb, weights, f["pooling"], seed))
+            from captioning.features.backbones import build_model, get_backbone, weights_for_spec
+            weights, seed = weights_for_spec(self.features, self._weights_override)
+            bb = get_backbone(self.features.backbone)
+            self._backbone = (bb, build_model(bb, weights, self.features.pooling, seed))
         return self._backbone
 
     def image_features(self, images) -> np.ndarray:
@@ -65,7 +64,7 @@ class Captioner:
         from captioning.features.backbones import embed
         from captioning.features.images import load_image
         bb, model = self.backbone
-        return embed(model, bb, [load_image(im, bb.input_size) for im in images], self.config["features"]["pooling"])
+        return embed(model, bb, [load_image(im, bb.input_size) for im in images], self.features.pooling)
 
     def caption(self, images, strategy=None, max_length=None) -> list:
         """Captions for image paths or arrays (raises on an unreadable image)."""

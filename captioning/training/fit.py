@@ -1,22 +1,29 @@
-"""``fit``: learn to caption from cached features, into a self-contained run folder."""
+"""``fit``: learn to caption from cached features, into a self-contained run folder.
+
+Three steps a reader can follow: ``plan`` (read the data and the store, check that they belong
+together, build the vocabulary and the decoder's configuration), ``train`` (Keras ``fit`` with
+crash-safe checkpoints) and ``export`` (the next-word ``model.keras``, curves and results).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from captioning import atomic, decoders
 from captioning.console import import_keras
 from captioning.data import Vocabulary, load_captions, max_caption_length, tokenize
 from captioning.data.text import CleaningOptions
-from captioning.errors import CaptioningError
+from captioning.decoders import DecoderConfig, caption_loss
+from captioning.errors import CaptioningError, UsageError
 from captioning.features import FeatureStore
-from captioning.training.decoders import DecoderConfig, build_decoder, caption_loss
-from captioning.training.layers import feature_statistics
-from captioning.training.runs import load_config, plot_history, save_config
+from captioning.lock import WriterLock
+from captioning.run import Run, load_model, save_model
+from captioning.training.checkpoints import RunCheckpoints, history_rows, read_state
+from captioning.training.curves import plot_history
 from captioning.training.sequences import CaptionSequence, EncodedCaptions, PairSequence
 
 keras = import_keras()
@@ -43,6 +50,21 @@ class FitOptions:
     doubly_stochastic: float = 0.02  # attention decoder only: λ
     cleaning: dict = dataclasses.field(default_factory=dict)
 
+    def validate(self) -> "FitOptions":
+        checks = [(self.epochs >= 1, "--epochs", "at least 1"),
+                  (self.batch_size >= 1, "--batch-size", "at least 1"),
+                  (self.learning_rate > 0 and math.isfinite(self.learning_rate), "--learning-rate", "> 0"),
+                  (self.min_count >= 1, "--min-count", "at least 1"),
+                  (self.max_length_percentile is None or 0 < self.max_length_percentile <= 100,
+                   "--max-length-percentile", "in (0, 100]"),
+                  (self.patience >= 1, "--patience", "at least 1"),
+                  (self.on_missing in ("skip", "error"), "--on-missing", "skip or error")]
+        for ok, name, allowed in checks:
+            if not ok:
+                raise UsageError(f"{name} must be {allowed}; got {getattr(self, name[2:].replace('-', '_'))!r}")
+        decoders.get(self.decoder)
+        return self
+
 
 @dataclasses.dataclass
 class FitResult:
@@ -64,6 +86,39 @@ class FitResult:
                 f"history.csv, training_curves.png, checkpoints/.{notes}")
 
 
+@dataclasses.dataclass
+class FitPlan:
+    """Everything ``train`` and ``export`` need, decided once."""
+
+    out: Path
+    options: FitOptions
+    run: Run
+    store: FeatureStore
+    train: EncodedCaptions
+    dev: EncodedCaptions
+    train_rows: list  # store rows of the train images, for the feature statistics
+    resume: bool
+    notes: list
+
+    @property
+    def fast(self) -> bool:
+        return self.run.decoder.decoder.causal and not self.options.pairs
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    def sequences(self):
+        cfg = self.run.decoder
+        o = self.options
+        if self.fast:
+            return [CaptionSequence(e, self.store, o.batch_size, o.seed, shuffle=s,
+                                    output_offset=cfg.decoder.output_offset)
+                    for e, s in ((self.train, True), (self.dev, False))]
+        return [PairSequence(e, self.store, o.batch_size, o.seed, shuffle=s, fixed_length=cfg.max_length - 1)
+                for e, s in ((self.train, True), (self.dev, False))]
+
+
 def unigram_loss(train: EncodedCaptions, dev: EncodedCaptions, vocab_size: int) -> float:
     """Cross-entropy of the best context-free guess: train word frequencies (add-one smoothed)."""
     counts = np.ones(vocab_size)
@@ -77,7 +132,7 @@ def unigram_loss(train: EncodedCaptions, dev: EncodedCaptions, vocab_size: int) 
 def _check_store(store: FeatureStore, table, split: str, on_missing: str, notes: list):
     missing = sorted(set(table["image"]) - set(store.index))
     if missing:
-        msg = (f"{len(missing)} {split} images have no features in {store.path} "
+        msg = (f"{len(missing)} of {table['image'].nunique()} {split} images have no features in {store.path} "
                f"(e.g. {', '.join(missing[:3])})")
         if on_missing == "error":
             raise CaptioningError(msg + ". Run extract-features on them, or pass --on-missing skip.")
@@ -89,133 +144,137 @@ def _check_store(store: FeatureStore, table, split: str, on_missing: str, notes:
     return table
 
 
-class _LearningRateLog(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+def _check_out(out: Path, resume: bool) -> None:
+    """A fresh run needs an empty folder; a resumed one needs this run's own resumable state."""
+    if resume:
+        missing = [p for p in ("config.json", "vocab.json", "checkpoints/last.keras", "checkpoints/state.json")
+                   if not (out / p).is_file()]
+        if missing:
+            raise CaptioningError(f"{out}: nothing to resume (missing {', '.join(missing)}). No epoch of this run "
+                                  "finished; start it again without --resume (remove the folder first).")
+        return
+    if out.exists() and not out.is_dir():
+        raise CaptioningError(f"--out {out} is a file, not a folder; choose a new folder for the run.")
+    if out.is_dir() and any(out.iterdir()):
+        held = sorted(p.name for p in out.iterdir())
+        what = ("a run: use --resume to continue it" if (out / "checkpoints" / "state.json").is_file()
+                else "files of something else")
+        raise CaptioningError(f"--out {out} is not empty ({', '.join(held[:6])}{' …' if len(held) > 6 else ''}): "
+                              f"it holds {what}, or choose a new folder. Nothing was changed.")
 
 
-class _EpochState(keras.callbacks.Callback):
-    """Writes the last finished epoch and the data order seed for --resume."""
+def plan(captions, features, out, options: FitOptions = FitOptions(), format=None, resume: bool = False) -> FitPlan:
+    out = Path(out)
+    _check_out(out, resume)
+    notes = []
+    saved = None
+    if resume:
+        saved = Run.load(out)
+        # The run's own settings win, except --epochs: the total number of epochs to reach.
+        known = {f.name for f in dataclasses.fields(FitOptions)}
+        options = dataclasses.replace(options, **{k: v for k, v in saved.training.items()
+                                                  if k in known and k not in ("epochs", "fast_path")})
+    options.validate()
+    dataset = load_captions(captions, format=format)
+    store = FeatureStore.open(features)
+    spec = store.spec
+    if saved is not None:
+        saved.features.require_compatible(spec, f"the features run {out} was trained on", str(features))
+    decoder = decoders.get(options.decoder)
+    if decoder.needs_spatial != spec.spatial:
+        want = "the convolutional grid (extract with --spatial)" if decoder.needs_spatial else \
+            "pooled vectors (extract without --spatial), or use --decoder attention"
+        raise CaptioningError(f"{features} holds {'spatial' if spec.spatial else 'pooled'} features "
+                              f"{spec.feature_shape}; the {decoder.name} decoder needs {want}.")
+    train = _check_store(store, dataset.split("train"), "train", options.on_missing, notes)
+    dev = _check_store(store, dataset.split("dev"), "dev", options.on_missing, notes)
 
-    def __init__(self, path, seqs):
-        super().__init__()
-        self.path, self.seqs = Path(path), seqs
+    cleaning = CleaningOptions.from_dict(options.cleaning)
+    if saved is not None:
+        vocab, max_length = saved.vocab, saved.decoder.max_length
+    else:
+        train_tokens = [tokenize(c, cleaning) for c in train["caption"]]
+        vocab = Vocabulary.build(train_tokens, options.min_count, cleaning)
+        if len(vocab) <= 4:
+            raise UsageError(f"--min-count {options.min_count} leaves no words: no train word occurs that often "
+                             f"({len(train)} captions). Lower --min-count.")
+        max_length = max_caption_length(train_tokens, options.max_length_percentile)
+    cfg = DecoderConfig(options.decoder, len(vocab), spec.feature_shape[-1], max_length, options.embed_dim,
+                        options.units, options.dropout, options.rnn, options.bidirectional,
+                        grid_size=spec.feature_shape[0] if spec.spatial else 0, attention_dim=options.attention_dim,
+                        doubly_stochastic=options.doubly_stochastic)
+    run = Run(spec, cfg, vocab, training={**dataclasses.asdict(options)},
+              data={"source": str(dataset.source.resolve()), "format": dataset.format,
+                    "train_images": int(train["image"].nunique()), "dev_images": int(dev["image"].nunique())},
+              feature_store=str(Path(features).resolve()))
+    run.training["fast_path"] = cfg.decoder.causal and not options.pairs
+    return FitPlan(out, options, run, store, EncodedCaptions.from_table(train, vocab, max_length),
+                   EncodedCaptions.from_table(dev, vocab, max_length),
+                   [store.index[i] for i in train["image"].unique()], resume, notes + dataset.notes)
 
-    def on_epoch_begin(self, epoch, logs=None):
-        for s in self.seqs:  # the epoch number, not call count, decides the shuffle
-            s.set_epoch(epoch)
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.path.write_text(json.dumps({"epochs_done": epoch + 1}))
+def _new_model(p: FitPlan):
+    model = decoders.build(p.run.decoder, sequences=p.fast)
+    model.get_layer("image_norm").set_statistics(*p.store.statistics(p.train_rows))
+    model.compile(optimizer=keras.optimizers.Adam(p.options.learning_rate), loss=caption_loss(),
+                  weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                                    keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
+    return model
+
+
+def train(p: FitPlan, verbose="auto"):
+    """Keras ``fit`` from epoch 0, or from the last complete epoch when resuming; returns the model."""
+    keras.utils.set_random_seed(p.options.seed)
+    seqs = p.sequences()
+    initial_epoch, state = 0, None
+    if p.resume:
+        state = read_state(p.checkpoints)
+        initial_epoch = state["epochs_done"]
+        model = load_model(p.checkpoints / "last.keras", compile=True)
+    else:
+        p.out.mkdir(parents=True, exist_ok=True)
+        model = _new_model(p)
+        p.run.save(p.out)  # config and vocabulary first: a run killed in epoch 1 still explains itself
+    o = p.options
+    # the exported model is the best epoch's (checkpoints/best.keras), so no weights are kept in memory
+    early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, o.patience // 2),
+                                                min_lr=1e-5)
+    checkpoints = RunCheckpoints(p.out, seqs, o.seed, early, plateau, state,
+                                 history_rows(p.out / "history.csv", initial_epoch))
+    # shuffle=False: the Sequence reshuffles itself from (seed, epoch), which --resume can repeat;
+    # Keras' own shuffle of a PyDataset's batch order draws from Python's global random state
+    model.fit(seqs[0], validation_data=seqs[1], epochs=max(o.epochs, initial_epoch), initial_epoch=initial_epoch,
+              callbacks=[early, plateau, checkpoints], verbose=verbose, shuffle=False)
+    return model
+
+
+def export(p: FitPlan) -> FitResult:
+    """Save the best epoch as the next-word ``model.keras``, the curves and the results."""
+    best_model = load_model(p.checkpoints / "best.keras")
+    next_word = best_model
+    if p.fast:  # the classic next-word model: same layers, same order, the fast path's weights
+        next_word = decoders.build(p.run.decoder, sequences=False)
+        next_word.set_weights(best_model.get_weights())
+    save_model(next_word, p.out / "model.keras")
+    rows = history_rows(p.out / "history.csv")
+    with atomic.replacing(p.out / "training_curves.png") as tmp:
+        plot_history(rows, tmp, title=f"Training curves — {p.out.name}")
+    best = min(r["val_loss"] for r in rows)
+    result = FitResult(p.out, len(rows), best, unigram_loss(p.train, p.dev, len(p.run.vocab)), len(p.run.vocab),
+                       p.run.data["train_images"], p.run.data["dev_images"], p.notes)
+    p.run.results = {"epochs_run": result.epochs_run, "best_val_loss": best, "unigram_val_loss": result.unigram_val_loss}
+    p.run.save(p.out)
+    return result
 
 
 def fit(captions, features, out, options: FitOptions = FitOptions(), format=None, resume: bool = False,
         verbose="auto") -> FitResult:
     """Train a decoder on the train split, validate on dev, write the run folder ``out``."""
-    out = Path(out)
-    notes = []
-    if resume:
-        saved = load_config(out)
-        # The run's own settings win, except --epochs: the total number of epochs to reach.
-        known = {f.name for f in dataclasses.fields(FitOptions)}
-        kept = {k: v for k, v in saved["training"].items() if k in known and k != "epochs"}
-        options = dataclasses.replace(options, **kept)
-    elif (out / "model.keras").exists() or (out / "checkpoints" / "last.keras").exists():
-        raise CaptioningError(f"{out} already holds a run. Use --resume to continue it, or another --out.")
-    keras.utils.set_random_seed(options.seed)
-    dataset = load_captions(captions, format=format)
-    store = FeatureStore.open(features)
-    if resume and store.attrs.get("backbone") != saved["features"]["backbone"]:
-        raise CaptioningError(f"{features} was made with {store.attrs.get('backbone')}, but the run in {out} "
-                              f"was trained on {saved['features']['backbone']} features.")
-    spatial = len(store.feature_shape) == 2
-    if options.decoder == "attention" and not spatial:
-        raise CaptioningError(f"{features} holds pooled vectors {store.feature_shape}; the attention decoder needs "
-                              "the convolutional grid: extract with --spatial.")
-    if options.decoder != "attention" and spatial:
-        raise CaptioningError(f"{features} holds spatial features {store.feature_shape}; the {options.decoder} "
-                              "decoder needs pooled vectors (extract without --spatial), or use --model attention.")
-    train = _check_store(store, dataset.split("train"), "train", options.on_missing, notes)
-    dev = _check_store(store, dataset.split("dev"), "dev", options.on_missing, notes)
+    with WriterLock(Path(out), "captioning fit"):  # checked again under the lock: a second fit refuses
+        p = plan(captions, features, out, options, format, resume)
+        train(p, verbose)
+        return export(p)
 
-    cleaning = CleaningOptions.from_dict(options.cleaning)
-    train_tokens = [tokenize(c, cleaning) for c in train["caption"]]
-    vocab = (Vocabulary.load(out / "vocab.json") if resume
-             else Vocabulary.build(train_tokens, options.min_count, cleaning))
-    max_length = (saved["decoder"]["max_length"] if resume
-                  else max_caption_length(train_tokens, options.max_length_percentile))
-    cfg = DecoderConfig(options.decoder, len(vocab), store.feature_shape[-1], max_length, options.embed_dim,
-                        options.units, options.dropout, options.rnn, options.bidirectional,
-                        grid_size=store.feature_shape[0] if spatial else 0, attention_dim=options.attention_dim,
-                        doubly_stochastic=options.doubly_stochastic)
-    fast = cfg.causal and not options.pairs
-    enc_train = EncodedCaptions.from_table(train, vocab, max_length)
-    enc_dev = EncodedCaptions.from_table(dev, vocab, max_length)
-    if fast:
-        seqs = [CaptionSequence(e, store, options.batch_size, options.seed, shuffle=s,
-                                output_offset=cfg.output_offset)
-                for e, s in ((enc_train, True), (enc_dev, False))]
-    else:
-        seqs = [PairSequence(e, store, options.batch_size, options.seed, shuffle=s, fixed_length=max_length - 1)
-                for e, s in ((enc_train, True), (enc_dev, False))]
 
-    ckpt = out / "checkpoints"
-    ckpt.mkdir(parents=True, exist_ok=True)
-    initial_epoch = 0
-    if resume:
-        model = keras.models.load_model(ckpt / "last.keras", safe_mode=True)
-        initial_epoch = json.loads((ckpt / "state.json").read_text())["epochs_done"]
-        history = pd.read_csv(out / "history.csv")  # drop rows of an epoch killed before its end
-        history[history["epoch"] < initial_epoch].to_csv(out / "history.csv", index=False)
-    else:
-        model = build_decoder(cfg, sequences=fast)
-        model.get_layer("image_norm").set_statistics(
-            *feature_statistics(store, [store.index[i] for i in train["image"].unique()]))
-        model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
-                      loss=caption_loss(),
-                      weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                                        keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
-        vocab.save(out / "vocab.json")
-    config = {
-        "decoder": cfg.to_dict(),
-        "features": {k: store.attrs.get(k) for k in ("backbone", "weights", "pooling", "input_size", "preprocessing",
-                                                     "resize", "color", "feature_shape", "dtype", "grid")},
-        "feature_store": str(Path(features).resolve()),
-        "cleaning": cleaning.to_dict(),
-        "data": {"source": str(dataset.source.resolve()), "format": dataset.format,
-                 "train_images": train["image"].nunique(), "dev_images": dev["image"].nunique()},
-        "training": {**dataclasses.asdict(options), "fast_path": fast},
-        "keras_version": keras.__version__,
-    }
-    save_config(out, config)
-
-    callbacks = [
-        _LearningRateLog(),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, options.patience // 2),
-                                          min_lr=1e-5),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience, restore_best_weights=True),
-        keras.callbacks.ModelCheckpoint(ckpt / "best.keras", monitor="val_loss", save_best_only=True),
-        keras.callbacks.ModelCheckpoint(ckpt / "last.keras"),
-        keras.callbacks.CSVLogger(out / "history.csv", append=resume),
-        _EpochState(ckpt / "state.json", seqs),  # last: an epoch counts once everything is saved
-    ]
-    # shuffle=False: the Sequence reshuffles itself from (seed, epoch), which --resume can repeat;
-    # Keras' own shuffle of a PyDataset's batch order draws from Python's global random state
-    history = model.fit(seqs[0], validation_data=seqs[1], epochs=options.epochs, initial_epoch=initial_epoch,
-                        callbacks=callbacks, verbose=verbose, shuffle=False)
-    epochs_run = initial_epoch + len(history.history.get("loss", []))
-
-    next_word = model
-    if fast:  # save the classic next-word model: same layers, same order, the fast path's weights
-        next_word = build_decoder(cfg, sequences=False)
-        next_word.set_weights(model.get_weights())
-    next_word.save(out / "model.keras")
-    plot_history(out / "history.csv", out / "training_curves.png")
-    val = pd.read_csv(out / "history.csv")["val_loss"]
-    result = FitResult(out, epochs_run, float(val.min()), unigram_loss(enc_train, enc_dev, len(vocab)), len(vocab),
-                       train["image"].nunique(), dev["image"].nunique(), notes + dataset.notes)
-    config["results"] = {"epochs_run": epochs_run, "best_val_loss": result.best_val_loss,
-                         "unigram_val_loss": result.unigram_val_loss}
-    save_config(out, config)
-    return result
+__all__ = ["FitOptions", "FitResult", "FitPlan", "plan", "train", "export", "fit", "unigram_loss"]

@@ -1,4 +1,4 @@
-"""Custom layers, registered so ``.keras`` files load in safe mode."""
+"""Custom layers every decoder uses, registered so ``.keras`` files load in safe mode."""
 
 from __future__ import annotations
 
@@ -28,20 +28,6 @@ class FeatureStandardization(keras.layers.Layer):
     def set_statistics(self, mean, std):
         self.mean.assign(np.asarray(mean, np.float32))
         self.std.assign(np.maximum(np.asarray(std, np.float32), 1e-6 * max(float(np.max(std)), 1e-30)))
-
-
-def feature_statistics(store, rows, block: int = 4096):
-    """Per-feature mean and standard deviation of the given store rows, streamed (COCO-sized stores fit)."""
-    rows = np.sort(np.unique(np.asarray(rows)))
-    total, sq, n = None, None, 0
-    for i in range(0, len(rows), block):
-        x = store.rows(rows[i:i + block]).astype(np.float64)
-        x = x.reshape(-1, x.shape[-1])  # spatial grids: statistics per channel, over all cells
-        total = x.sum(0) if total is None else total + x.sum(0)
-        sq = (x ** 2).sum(0) if sq is None else sq + (x ** 2).sum(0)
-        n += len(x)
-    mean = total / n
-    return mean, np.sqrt(np.maximum(sq / n - mean ** 2, 0.0))
 
 
 @keras.saving.register_keras_serializable(package="captioning")

@@ -1,0 +1,33 @@
+"""Every file we write appears whole or not at all: written under a temporary name, then renamed.
+
+``os.replace`` is atomic on one file system, so a kill at any instant leaves either the old file or
+the new one, never a truncated mix. The temporary name keeps the suffix, because some writers
+(``model.save``) choose the format by it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def replacing(path):
+    """Yields a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # on disk before the rename, so a power cut cannot publish an empty file
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_text(path, text: str) -> Path:
+    with replacing(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    return Path(path)

@@ -1,0 +1,55 @@
+"""Decoders: one module each, on a small base class, and a registry that is the only list of them.
+
+``decoders.get("merge")`` returns the ``Decoder``; ``decoders.names()`` lists them in the order the
+CLI shows. Importing this package registers every custom layer, so a saved ``model.keras`` loads
+with ``keras.saving.load_model(path, safe_mode=True)`` after a plain ``import captioning``.
+To add a decoder: one module with a ``Decoder`` subclass, one ``register`` line below, its test.
+"""
+
+from __future__ import annotations
+
+from captioning.decoders import layers, lstm, soft_attention  # noqa: F401  (registers the custom layers)
+from captioning.decoders.attention import Attention
+from captioning.decoders.base import Decoder, DecoderConfig, caption_loss
+from captioning.decoders.init_inject import InitInject
+from captioning.decoders.inject import Inject
+from captioning.decoders.merge import Merge
+from captioning.decoders.pre_inject import PreInject
+from captioning.decoders.steps import PrefixSteps, StepModel
+from captioning.errors import UsageError
+
+_REGISTRY: dict[str, Decoder] = {}
+
+
+def register(decoder: type[Decoder]) -> type[Decoder]:
+    _REGISTRY[decoder.name] = decoder()
+    return decoder
+
+
+for _cls in (Merge, Inject, InitInject, PreInject, Attention):
+    register(_cls)
+
+
+def names() -> tuple:
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> Decoder:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown decoder {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+
+
+def build(cfg: DecoderConfig, sequences: bool = False):
+    """The Keras model of ``cfg``: next-word (saved, decoded) or teacher-forced sequences (trained)."""
+    return get(cfg.type).build(cfg, sequences)
+
+
+def step_model(model, cfg: DecoderConfig) -> StepModel:
+    """The one-token inference view of a trained next-word model."""
+    return get(cfg.type).step_model(model, cfg)
+
+
+__all__ = ["Decoder", "DecoderConfig", "StepModel", "PrefixSteps", "caption_loss", "register", "names", "get",
+           "build", "step_model"]

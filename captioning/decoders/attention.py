@@ -1,0 +1,59 @@
+"""Soft attention over the CNN grid ("Show, Attend and Tell"): one layer whose ``call`` (teacher
+forcing) and ``step`` (one token) share code; see ``soft_attention.AttentionDecoder``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from captioning.console import import_keras
+from captioning.decoders.base import Decoder
+from captioning.decoders.steps import StepModel, log_probs
+
+
+class Attention(Decoder):
+    name = "attention"
+    help = "soft attention over a --spatial grid (Show, Attend and Tell)"
+    needs_spatial = True
+
+    def build(self, cfg, sequences=False):
+        keras = import_keras()
+        from captioning.decoders.layers import FeatureStandardization, LastValidStep
+        from captioning.decoders.soft_attention import AttentionDecoder
+        grid = keras.Input((cfg.grid_size, cfg.feature_dim), name="image")
+        caption = keras.Input((None,), dtype="int32", name="caption")
+        probs = AttentionDecoder(cfg.vocab_size, cfg.embed_dim, cfg.units, cfg.attention_dim, cfg.dropout,
+                                 cfg.doubly_stochastic, name="attention")(
+            [FeatureStandardization(name="image_norm")(grid), caption])
+        if not sequences:
+            probs = LastValidStep(0, name="last_step")([probs, caption])
+        return keras.Model([grid, caption], probs, name=f"attention_{'sequences' if sequences else 'next_word'}")
+
+    def step_model(self, model, cfg):
+        return AttentionSteps(model)
+
+
+class AttentionSteps(StepModel):
+    """The attention decoder one word at a time; the state carries every step's attention map."""
+
+    def __init__(self, model):
+        self.layer, self.norm = model.get_layer("attention"), model.get_layer("image_norm")
+        self.keras = import_keras()
+
+    def _np(self, x):
+        return np.asarray(self.keras.ops.convert_to_numpy(x))
+
+    def start(self, features):
+        grid = self.norm(np.asarray(features, np.float32))
+        h, c = self.layer.initial_state(grid)
+        cells = grid.shape[1]
+        return [self._np(grid), self._np(self.layer.grid_attention(grid)), self._np(h), self._np(c),
+                np.zeros((len(features), 0, cells), np.float32)]
+
+    def step(self, tokens, state):
+        grid, projected, h, c, alphas = state
+        probs, h, c, alpha = self.layer.step(grid, projected, np.asarray(tokens, np.int32), h, c)
+        alphas = np.concatenate([alphas, self._np(alpha)[:, None, :]], axis=1)
+        return log_probs(self._np(probs)), [grid, projected, self._np(h), self._np(c), alphas]
+
+    def extras(self, state):
+        return state[-1]  # (rows, steps so far, grid cells)

@@ -1,0 +1,95 @@
+"""The shape merge, init-inject and pre-inject share: image in, words through one RNN, a dense head.
+
+Subclasses say only how the image enters, once for training (``decode``: whole captions) and once
+for inference (``feed_image`` and ``combine``: one token at a time), over the same named layers.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from captioning.console import import_keras
+from captioning.decoders.base import Decoder, DecoderConfig
+from captioning.decoders.steps import StepModel, log_probs
+
+
+class RecurrentDecoder(Decoder):
+    def build(self, cfg: DecoderConfig, sequences: bool = False):
+        keras = import_keras()
+        L = keras.layers
+        from captioning.decoders.layers import FeatureStandardization, LastValidStep
+        image = keras.Input((cfg.feature_dim,), name="image")
+        caption = keras.Input((None,), dtype="int32", name="caption")
+        embed = L.Embedding(cfg.vocab_size, cfg.embed_dim, mask_zero=True, name="embedding")(caption)
+        img = L.Dropout(cfg.dropout, name="image_dropout")(FeatureStandardization(name="image_norm")(image))
+        words = L.Dropout(cfg.dropout, name="caption_dropout")(embed)
+        hidden = self.decode(cfg, img, words, sequences)
+        if not sequences:
+            hidden = LastValidStep(self.output_offset, name="last_step")([hidden, caption])
+        out = head(cfg, hidden)
+        kind = "sequences" if sequences else "next_word"
+        return keras.Model([image, caption], out, name=f"{self.name.replace('-', '_')}_{kind}")
+
+    def step_model(self, model, cfg: DecoderConfig):
+        return RecurrentSteps(model, self)
+
+    # --- the two halves, overridden per decoder ------------------------------------------------
+    def decode(self, cfg: DecoderConfig, image, words, sequences: bool):
+        """Training graph: standardised image (B, D) and embedded words (B, T, E) → RNN outputs (B, T', U)."""
+        raise NotImplementedError
+
+    def feed_image(self, layer, image, zeros) -> tuple[list, list]:
+        """Inference: standardised image → (context carried unchanged, initial RNN states)."""
+        raise NotImplementedError
+
+    def combine(self, layer, context: list, h):
+        """Inference: one step's RNN output and the context → the head's input."""
+        return h
+
+
+def head(cfg: DecoderConfig, hidden):
+    """RNN output → a dense layer → softmax over the vocabulary."""
+    L = import_keras().layers
+    hidden = L.Dense(cfg.units, activation="relu", name="decoder_dense")(hidden)
+    return L.Dense(cfg.vocab_size, activation="softmax", name="output")(hidden)
+
+
+class RecurrentSteps(StepModel):
+    """Stateful one-token steps built from the trained next-word model's own layers."""
+
+    def __init__(self, model, decoder: RecurrentDecoder):
+        # A lone token has no padding: the Embedding's mask means nothing to the cell here.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not support masking.*")
+            self._build(model, decoder)
+
+    def _build(self, model, decoder: RecurrentDecoder):
+        keras = import_keras()
+        layer = model.get_layer
+        rnn = layer("rnn")
+        self.cell, self.units = rnn.cell, rnn.cell.units
+        self.n_states = 2 if isinstance(rnn, keras.layers.LSTM) else 1
+        image_in = keras.Input(model.inputs[0].shape[1:], name="image")
+        zeros = [keras.Input((self.units,), name=f"zero_{i}") for i in range(self.n_states)]
+        context, states = decoder.feed_image(layer, layer("image_norm")(image_in), zeros)
+        self.n_context = len(context)
+        self.encoder = keras.Model([image_in, *zeros], [*context, *states], name="feed_image")
+
+        token = keras.Input((), dtype="int32", name="token")
+        context = [keras.Input((c.shape[-1],), name=f"context_{i}") for i, c in enumerate(context)]
+        states = [keras.Input((self.units,), name=f"state_{i}") for i in range(self.n_states)]
+        h, new_states = self.cell(layer("embedding")(token), states if self.n_states == 2 else states[0])
+        new_states = list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
+        probs = layer("output")(layer("decoder_dense")(decoder.combine(layer, context, h)))
+        self.stepper = keras.Model([token, *context, *states], [probs, *context, *new_states], name="one_step")
+
+    def start(self, features):
+        zeros = [np.zeros((len(features), self.units), np.float32) for _ in range(self.n_states)]
+        encoded = self.encoder.predict_on_batch([np.asarray(features, np.float32), *zeros])
+        return [np.asarray(s) for s in (encoded if isinstance(encoded, (list, tuple)) else [encoded])]
+
+    def step(self, tokens, state):
+        out = self.stepper.predict_on_batch([np.asarray(tokens, np.int32), *state])
+        return log_probs(out[0]), [np.asarray(s) for s in out[1:]]

@@ -1,0 +1,50 @@
+"""Inference split in two, as in im2txt: "feed the image" and "one decoder step".
+
+``StepModel.start(features)`` returns the initial state (a list of batch-first arrays);
+``StepModel.step(tokens, state)`` returns next-word log-probabilities and the new state. Search
+strategies only ever gather state rows, so any decoder fits behind this interface. Each decoder
+module makes its own (``Decoder.step_model``); ``PrefixSteps`` serves any next-word model that
+must re-read the whole prefix (inject), still batched over images × beams.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_EPS = 1e-12
+
+
+def log_probs(probs) -> np.ndarray:
+    return np.log(np.maximum(np.asarray(probs, dtype=np.float64), _EPS))
+
+
+class StepModel:
+    def start(self, features: np.ndarray) -> list:
+        raise NotImplementedError
+
+    def step(self, tokens: np.ndarray, state: list):
+        raise NotImplementedError
+
+    def extras(self, state: list):
+        """Per-row information to return with each caption (attention maps), or None."""
+        return None
+
+
+class PrefixSteps(StepModel):
+    """Any next-word model: the state is (features, prefix so far)."""
+
+    def __init__(self, model, fixed_length: int | None = None):
+        self.model, self.fixed_length = model, fixed_length
+
+    def start(self, features):
+        return [np.asarray(features, np.float32), np.zeros((len(features), 0), np.int32)]
+
+    def step(self, tokens, state):
+        features, prefix = state
+        prefix = np.concatenate([prefix, np.asarray(tokens, np.int32)[:, None]], axis=1)
+        x = prefix
+        if self.fixed_length:
+            x = np.zeros((len(prefix), self.fixed_length), np.int32)
+            x[:, : prefix.shape[1]] = prefix[:, : self.fixed_length]
+        probs = self.model.predict_on_batch([features, x])
+        return log_probs(probs), [features, prefix]

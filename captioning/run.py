@@ -1,0 +1,105 @@
+"""The run folder, shared by training (which writes it) and inference (which reads it).
+
+A run folder holds everything needed to caption a raw photo months later: ``model.keras`` (the
+next-word model, loaded in safe mode), ``vocab.json`` (tokens and cleaning options) and
+``config.json`` (a ``FeatureSpec`` of the features it was trained on, the ``DecoderConfig``, the
+training settings and results), plus ``history.csv``, ``training_curves.png`` and ``checkpoints/``.
+Every file is written under a temporary name and renamed. Importing this module imports the
+decoders, which registers every custom layer, so loading never depends on what was imported before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from captioning import atomic, decoders
+from captioning.console import import_keras
+from captioning.data import Vocabulary
+from captioning.data.text import CleaningOptions
+from captioning.decoders import DecoderConfig
+from captioning.errors import CaptioningError
+from captioning.features.spec import FeatureSpec
+
+CONFIG_FORMAT = "captioning-run"
+
+
+@dataclasses.dataclass
+class Run:
+    features: FeatureSpec
+    decoder: DecoderConfig
+    vocab: Vocabulary
+    training: dict = dataclasses.field(default_factory=dict)  # the FitOptions it was trained with
+    data: dict = dataclasses.field(default_factory=dict)  # where the captions came from, split sizes
+    results: dict = dataclasses.field(default_factory=dict)  # epochs run, losses
+    feature_store: str | None = None  # the store it was trained on (absolute path)
+
+    def save(self, run_dir) -> Path:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.vocab.save(run_dir / "vocab.json")
+        keras = import_keras()
+        config = {"format": CONFIG_FORMAT, "version": 1, "decoder": self.decoder.to_dict(),
+                  "features": self.features.to_dict(), "feature_store": self.feature_store,
+                  "cleaning": self.vocab.cleaning.to_dict(), "data": self.data, "training": self.training,
+                  "results": self.results, "keras_version": keras.__version__}
+        return atomic.write_text(run_dir / "config.json", json.dumps(config, indent=2))
+
+    @classmethod
+    def load(cls, run_dir) -> "Run":
+        run_dir = Path(run_dir)
+        config = load_config(run_dir)
+        path = run_dir / "config.json"
+        try:
+            decoder = DecoderConfig.from_dict(config["decoder"])
+            features = FeatureSpec.from_dict(config["features"])
+            training, data, results = (dict(config.get(k) or {}) for k in ("training", "data", "results"))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CaptioningError(f"{path}: malformed run config ({type(e).__name__}: {e}); this file is "
+                                  "written by `captioning fit` and should not be edited by hand.") from e
+        except CaptioningError as e:
+            raise CaptioningError(f"{path}: {e}") from e
+        vocab = Vocabulary.load(run_dir / "vocab.json")
+        if len(vocab) != decoder.vocab_size:
+            raise CaptioningError(f"{run_dir / 'vocab.json'} has {len(vocab)} tokens but the model expects "
+                                  f"{decoder.vocab_size}: the files come from different runs.")
+        return cls(features, decoder, vocab, training, data, results, config.get("feature_store"))
+
+
+def load_config(run_dir) -> dict:
+    path = Path(run_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CaptioningError(f"{run_dir}: not a run folder (no config.json). Train one with "
+                              "`captioning fit ... --out RUN_DIR`.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CaptioningError(f"{path}: unreadable run config ({e})") from e
+    if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
+        raise CaptioningError(f"{path}: not a captioning run config")
+    return config
+
+
+def load_model(path, compile: bool = False):
+    """A saved decoder (``model.keras`` or a checkpoint), in safe mode, with a clear error if unreadable."""
+    keras = import_keras()
+    path = Path(path)
+    if not path.is_file():
+        raise CaptioningError(f"{path}: no such model file")
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=compile)
+    except Exception as e:  # noqa: BLE001 — Keras raises many types for a damaged file; explained here
+        raise CaptioningError(f"{path}: cannot load this model ({type(e).__name__}: {str(e)[:300]}). If it is "
+                              "a checkpoint of a killed run, resume from the other checkpoint or start again; "
+                              "files with Lambda layers or unknown classes are refused in safe mode.") from e
+
+
+def save_model(model, path) -> Path:
+    """``model.save`` under a temporary name, then renamed: a kill never leaves a truncated file."""
+    with atomic.replacing(path) as tmp:
+        model.save(tmp)
+    return Path(path)
+
+
+__all__ = ["Run", "FeatureSpec", "DecoderConfig", "CleaningOptions", "load_config", "load_model", "save_model"]

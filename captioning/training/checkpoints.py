@@ -1,0 +1,107 @@
+"""Crash-safe checkpoints: after every epoch the run folder holds a complete, resumable state.
+
+Each epoch writes ``checkpoints/best.keras`` (when validation loss improved), ``last.keras``,
+``history.csv`` and finally ``state.json``, each under a temporary name and renamed. The epoch
+counts only once ``state.json`` names it, so a kill at any instant resumes from the last complete
+epoch. The state also holds what the callbacks remember (early stopping's and the learning-rate
+schedule's counters), and dropout is reseeded from (seed, epoch) at every epoch, so a resumed
+run computes the same epochs as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from captioning import atomic
+from captioning.console import import_keras
+from captioning.errors import CaptioningError
+
+keras = import_keras()
+
+_EARLY = ("wait", "best", "best_epoch", "stopped_epoch")
+_PLATEAU = ("wait", "best", "cooldown_counter")
+
+
+def read_state(checkpoints: Path) -> dict:
+    path = Path(checkpoints) / "state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        int(state["epochs_done"])
+        return state
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CaptioningError(f"{path}: unreadable training state ({e}); start the run again in a new folder.") from e
+
+
+def history_rows(path: Path, upto: int | None = None) -> list[dict]:
+    """Per-epoch rows of ``history.csv`` (numbers as floats, ``epoch`` as int), epochs below ``upto``."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+    return [r for r in rows if upto is None or r["epoch"] < upto]
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(path, buf.getvalue())
+
+
+def reseed_dropout(model, seed: int, epoch: int) -> None:
+    """Every random layer's generator restarts from (seed, epoch, its position): epochs are repeatable."""
+    generators = [sg for layer in model._flatten_layers(include_self=True)  # Keras tracks them per layer
+                  for sg in getattr(layer, "_seed_generators", [])]
+    for i, sg in enumerate(generators):
+        value = np.random.default_rng([seed, epoch, i]).integers(0, 2 ** 31 - 1)
+        sg.state.assign(np.array([value, 0]).astype(keras.backend.standardize_dtype(sg.state.dtype)))
+
+
+class RunCheckpoints(keras.callbacks.Callback):
+    """Placed after ``early`` and ``plateau`` in the callback list, so it saves their updated state."""
+
+    def __init__(self, out, seqs, seed: int, early, plateau, state: dict | None, rows: list):
+        super().__init__()
+        self.out, self.dir = Path(out), Path(out) / "checkpoints"
+        self.seqs, self.seed, self.early, self.plateau = seqs, seed, early, plateau
+        self.state, self.rows = state, rows
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def on_train_begin(self, logs=None):  # after the other callbacks reset themselves
+        if self.state:
+            for k in _EARLY:
+                setattr(self.early, k, self.state["early_stopping"][k])
+            for k in _PLATEAU:
+                setattr(self.plateau, k, self.state["plateau"][k])
+            if self.state.get("stopped"):
+                self.model.stop_training = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for s in self.seqs:  # the epoch number, not call count, decides the shuffle
+            s.set_epoch(epoch)
+        reseed_dropout(self.model, self.seed, epoch)
+        self._learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}, "learning_rate": self._learning_rate}
+        self.rows.append(row)
+        from captioning.run import save_model
+        if row.get("val_loss", np.inf) <= min(r.get("val_loss", np.inf) for r in self.rows):
+            save_model(self.model, self.dir / "best.keras")
+        save_model(self.model, self.dir / "last.keras")
+        _write_csv(self.out / "history.csv", self.rows)
+        state = {"epochs_done": epoch + 1, "stopped": bool(self.model.stop_training),
+                 "early_stopping": {k: _plain(getattr(self.early, k)) for k in _EARLY},
+                 "plateau": {k: _plain(getattr(self.plateau, k)) for k in _PLATEAU}}
+        atomic.write_text(self.dir / "state.json", json.dumps(state))
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else v
