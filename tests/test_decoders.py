@@ -130,3 +130,18 @@ def test_plain_import_reloads_every_decoder_in_safe_mode(resumed_runs):
     for p in paths[::2]:
         expected = [float(np.sum(np.abs(w))) for w in keras.saving.load_model(p).get_weights()]
         assert sums[p] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["merge", "pre-inject"])
+def test_compiled_top_k_step_equals_selecting_from_the_full_step(kind):
+    keras.utils.set_random_seed(2)
+    cfg = _cfg(kind, vocab_size=300)
+    steps = decoders.step_model(decoders.build(cfg), cfg)
+    feats = np.random.default_rng(3).normal(size=(4, 5)).astype("float32")
+    tokens = np.array([2, 7, 9, 2], np.int32)
+    full, _ = steps.step(tokens, steps.start(feats))
+    values, ids, state = steps.step_topk(tokens, steps.start(feats), 6)
+    expected = np.argsort(-full, axis=-1, kind="stable")[:, :6]
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_allclose(values, np.take_along_axis(full, expected, -1), rtol=1e-6)
+    assert len(state) == len(steps.start(feats))

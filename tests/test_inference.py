@@ -177,3 +177,62 @@ def test_coco_metrics_match_identity_and_order():
         assert perfect[key] > poor[key]
     if perfect["METEOR"] is not None:  # only with Java
         assert perfect["METEOR"] > poor["METEOR"]
+
+
+class LowRankSteps(StepModel):
+    """A larger fixed model: log p(next | last token, image) from low-rank tables over thousands of words."""
+
+    def __init__(self, vocab_size=5000, images=6, rank=8, seed=0, end_bias=4.0):
+        rng = np.random.default_rng(seed)
+        self.words = rng.normal(size=(vocab_size, rank))
+        self.images = rng.normal(size=(images, rank, vocab_size))
+        self.bias = np.zeros(vocab_size)
+        self.bias[:START + 1] = -np.inf
+        self.bias[END] = end_bias
+
+    def start(self, features):
+        return [np.asarray(features, np.int64).reshape(-1)]
+
+    def step(self, tokens, state):
+        (image,) = state
+        logits = np.einsum("br,brv->bv", self.words[tokens], self.images[image]) + self.bias
+        return logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True), [image]
+
+
+def reference_beam(steps, features, k, alpha, max_length):
+    """The textbook beam search, one image and one candidate at a time: the oracle for the batched one."""
+    out = []
+    for image in features:
+        beams, finished = [([], 0.0, steps.start(np.array([image])))], []
+        for t in range(max_length - 1):
+            cands = []
+            for seq, lp, state in beams:
+                log_probs, new_state = steps.step(np.array([seq[-1] if seq else START]), state)
+                for tok in np.argsort(-log_probs[0], kind="stable")[: 2 * k]:
+                    cands.append((lp + log_probs[0, tok], seq + [int(tok)], new_state))
+            cands.sort(key=lambda c: -c[0])
+            beams = []
+            for lp, seq, state in cands:
+                if len(beams) == k:
+                    break
+                if seq[-1] == END:
+                    finished.append((lp / len(seq) ** alpha, seq, lp))
+                else:
+                    beams.append((seq, lp, state))
+            if len(finished) >= k or not beams:
+                break
+        if finished:
+            out.append(max(finished, key=lambda f: f[0])[1])
+        else:
+            out.append(max(beams, key=lambda b: b[1])[0])
+    return out
+
+
+@pytest.mark.parametrize("k,end_bias", [(3, 6.0), (5, 6.0), (3, -np.inf)])
+def test_batched_beam_equals_textbook_beam_on_thousands_of_words(k, end_bias):
+    steps = LowRankSteps(end_bias=end_bias)
+    images = np.arange(6)
+    hyps = BeamSearch(k, alpha=0.7)(steps, images, START, END, max_length=12)
+    assert hyps.tokens == reference_beam(steps, images, k, 0.7, 12)
+    assert hyps.finished == [END in t for t in hyps.tokens]
+    assert any(hyps.finished) == np.isfinite(end_bias)

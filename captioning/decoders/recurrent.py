@@ -12,7 +12,7 @@ import numpy as np
 
 from captioning.console import import_keras
 from captioning.decoders.base import Decoder, DecoderConfig
-from captioning.decoders.steps import StepModel, log_probs
+from captioning.decoders.steps import StepModel
 
 
 class RecurrentDecoder(Decoder):
@@ -83,7 +83,10 @@ class RecurrentSteps(StepModel):
         h, new_states = self.cell(layer("embedding")(token), states if self.n_states == 2 else states[0])
         new_states = list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
         probs = layer("output")(layer("decoder_dense")(decoder.combine(layer, context, h)))
-        self.stepper = keras.Model([token, *context, *states], [probs, *context, *new_states], name="one_step")
+        log_p = keras.ops.log(keras.ops.maximum(probs, 1e-12))  # in the graph: one pass, all cores
+        self._graph = ([token, *context, *states], log_p, [*context, *new_states])
+        self.stepper = keras.Model(self._graph[0], [log_p, *self._graph[2]], name="one_step")
+        self._topk_steppers = {}
 
     def start(self, features):
         zeros = [np.zeros((len(features), self.units), np.float32) for _ in range(self.n_states)]
@@ -92,4 +95,14 @@ class RecurrentSteps(StepModel):
 
     def step(self, tokens, state):
         out = self.stepper.predict_on_batch([np.asarray(tokens, np.int32), *state])
-        return log_probs(out[0]), [np.asarray(s) for s in out[1:]]
+        return np.asarray(out[0]), [np.asarray(s) for s in out[1:]]
+
+    def step_topk(self, tokens, state, n):
+        """Selection inside the compiled step: only (rows, n) leave the graph, not (rows, vocabulary)."""
+        if n not in self._topk_steppers:
+            keras = import_keras()
+            inputs, log_p, rest = self._graph
+            values, ids = keras.ops.top_k(log_p, min(n, log_p.shape[-1]))
+            self._topk_steppers[n] = keras.Model(inputs, [values, ids, *rest], name=f"one_step_top{n}")
+        out = self._topk_steppers[n].predict_on_batch([np.asarray(tokens, np.int32), *state])
+        return np.asarray(out[0]), np.asarray(out[1]), [np.asarray(s) for s in out[2:]]

@@ -25,6 +25,18 @@ class StepModel:
     def step(self, tokens: np.ndarray, state: list):
         raise NotImplementedError
 
+    def step_topk(self, tokens: np.ndarray, state: list, n: int):
+        """The ``n`` likeliest next words of each row, best first: (log-probs (rows, n), ids, new state).
+
+        Beam search needs only these: a global top-k over beams × vocabulary lies within each beam's
+        own top-k. Step models that can select inside their compiled graph override this."""
+        log_probs, state = self.step(tokens, state)
+        n = min(n, log_probs.shape[-1])
+        ids = np.argpartition(-log_probs, n - 1, axis=-1)[:, :n]
+        values = np.take_along_axis(log_probs, ids, -1)
+        order = np.argsort(-values, axis=-1, kind="stable")
+        return np.take_along_axis(values, order, -1), np.take_along_axis(ids, order, -1), state
+
     def extras(self, state: list):
         """Per-row information to return with each caption (attention maps), or None."""
         return None

@@ -1,9 +1,10 @@
 """Decoding strategies over a ``StepModel``, in the style of keras-hub samplers.
 
-``Sampler`` owns the token loop (one model call per step for the whole batch); ``Greedy`` and
-``RandomSampler`` override only ``next_token``. ``BeamSearch`` keeps k hypotheses per image in one
-batch of images × k, scores finished captions with length normalisation, and, when no beam reaches
-the end token within the maximum length, falls back to the best partial caption.
+``Sampler`` owns the token loop (one model call per step for the live rows of the batch);
+``Greedy`` and ``RandomSampler`` override only how the next token is chosen. ``BeamSearch`` keeps
+k hypotheses per image in one batch of images × k, scores finished captions with length
+normalisation, and, when no beam reaches the end token within the maximum length, falls back to
+the best partial caption.
 """
 
 from __future__ import annotations
@@ -34,29 +35,44 @@ class Hypotheses:
 
 
 class Sampler:
-    """The shared loop: feed the image, then one step per token until every caption ends."""
+    """The shared loop: feed the image, then one step per token for the captions still going.
+
+    A caption that reaches the end token leaves the batch, so later steps run only on live rows."""
 
     def __call__(self, steps, features, start_id: int, end_id: int, max_length: int) -> Hypotheses:
         state = steps.start(features)
-        n = len(features)
+        n, steps_max = len(features), max_length - 1  # the start token counts towards max_length
+        live = np.arange(n)
         tokens = np.full(n, start_id, np.int32)
-        done = np.zeros(n, bool)
-        logp = np.zeros(n)
-        out = [[] for _ in range(n)]
+        out = np.zeros((n, steps_max), np.int32)
+        length, logp, done = np.zeros(n, np.int64), np.zeros(n), np.zeros(n, bool)
+        extras = [None] * n
         rng = self._rng()
-        for _ in range(max_length - 1):  # the start token counts towards max_length
-            log_probs, state = steps.step(tokens, state)
-            nxt = self.next_token(log_probs, rng).astype(np.int32)
-            logp += np.where(done, 0.0, log_probs[np.arange(n), nxt])
-            for i in np.flatnonzero(~done):
-                out[i].append(int(nxt[i]))
-            done |= nxt == end_id
-            if done.all():
+        for t in range(steps_max):
+            nxt, chosen, state = self.advance(steps, tokens, state, rng)
+            logp[live] += chosen
+            out[live, t], length[live] = nxt, t + 1
+            ended = nxt == end_id
+            done[live[ended]] = True
+            leaving = ended if t < steps_max - 1 else np.ones_like(ended)
+            extra = steps.extras(state) if leaving.any() else None
+            if extra is not None:
+                for r in np.flatnonzero(leaving):
+                    extras[live[r]] = extra[r, : t + 1]
+            if ended.all():
                 break
+            if ended.any():
+                keep = ~ended
+                state, live, nxt = [s[keep] for s in state], live[keep], nxt[keep]
             tokens = nxt
-        extra = steps.extras(state)
-        extras = [extra[i, : len(out[i])] for i in range(n)] if extra is not None else []
-        return Hypotheses(out, list(logp), list(done), extras)
+        return Hypotheses([out[i, : length[i]].tolist() for i in range(n)], [float(x) for x in logp],
+                          [bool(d) for d in done], extras if extras[0] is not None else [])
+
+    def advance(self, steps, tokens, state, rng):
+        """One step: (next tokens, their log-probabilities, new state)."""
+        log_probs, state = steps.step(tokens, state)
+        nxt = self.next_token(log_probs, rng).astype(np.int32)
+        return nxt, log_probs[np.arange(len(nxt)), nxt], state
 
     def _rng(self):
         return None
@@ -71,6 +87,10 @@ class Sampler:
 
 class Greedy(Sampler):
     """Argmax at every step."""
+
+    def advance(self, steps, tokens, state, rng):
+        values, ids, state = steps.step_topk(tokens, state, 1)
+        return ids[:, 0].astype(np.int32), values[:, 0], state
 
     def next_token(self, log_probs, rng):
         return np.argmax(log_probs, axis=-1)
@@ -101,7 +121,15 @@ class RandomSampler(Sampler):
 
 
 class BeamSearch(Sampler):
-    """Beam search of width ``k``; finished captions are ranked by log p / length**``alpha``."""
+    """Beam search of width ``k``; finished captions are ranked by log p / length**``alpha``.
+
+    All images advance together: one model call per step for every live (image, beam) row, which
+    returns only each row's 2k best words (``StepModel.step_topk``, selected inside the compiled step
+    where the decoder supports it); the 2k best of the k·2k candidates per image are then a partial
+    selection (``argpartition``) with no Python loop over images or candidates. This is exact: the
+    best 2k over beams × vocabulary lie within each beam's own best 2k. An image leaves the batch
+    once k of its captions have ended, so the model only runs on rows that can still change the result.
+    """
 
     def __init__(self, k: int = 3, alpha: float = 0.7):
         if k < 1:
@@ -111,64 +139,91 @@ class BeamSearch(Sampler):
     def describe(self):
         return {"strategy": "beam", "k": self.k, "alpha": self.alpha}
 
-    def score(self, log_prob: float, length: int) -> float:
-        return log_prob / max(length, 1) ** self.alpha
+    def score(self, log_prob, length):
+        return log_prob / np.maximum(length, 1) ** self.alpha
 
     def __call__(self, steps, features, start_id, end_id, max_length) -> Hypotheses:
         n, k = len(features), self.k
         state = [np.repeat(s, k, axis=0) for s in steps.start(features)]
+        live = np.arange(n)  # the images still searching, in row order
         beam_logp = np.full((n, k), -np.inf)
         beam_logp[:, 0] = 0.0  # all beams start identical: expand only one
-        seqs = [[[] for _ in range(k)] for _ in range(n)]
-        finished = [[] for _ in range(n)]  # (score, tokens, log_prob, extras)
-        active = np.ones(n, bool)
+        seqs = np.zeros((n, k, 0), np.int32)
+        best = _Finished(n)
         tokens = np.full(n * k, start_id, np.int32)
-        for _ in range(max_length - 1):
-            log_probs, state = steps.step(tokens, state)
-            extra = steps.extras(state)
-            vocab = log_probs.shape[-1]
-            total = (beam_logp[:, :, None] + log_probs.reshape(n, k, vocab)).reshape(n, k * vocab)
-            best = np.argsort(-total, axis=1, kind="stable")[:, : 2 * k]
-            new_logp = np.full((n, k), -np.inf)
-            parents = np.zeros((n, k), np.int64)
-            new_tokens = np.zeros((n, k), np.int32)
-            new_seqs = [[[] for _ in range(k)] for _ in range(n)]
-            for b in np.flatnonzero(active):
-                j = 0
-                for c in best[b]:
-                    lp = total[b, c]
-                    if not np.isfinite(lp) or j == k:
-                        break
-                    parent, tok = divmod(int(c), vocab)
-                    seq = seqs[b][parent] + [tok]
-                    if tok == end_id:
-                        ex = extra[b * k + parent] if extra is not None else None
-                        finished[b].append((self.score(lp, len(seq)), seq, float(lp), ex))
-                    else:
-                        new_logp[b, j], parents[b, j], new_tokens[b, j], new_seqs[b][j] = lp, parent, tok, seq
-                        j += 1
-                if len(finished[b]) >= k or j == 0:
-                    active[b] = False
-            beam_logp, seqs = np.where(active[:, None], new_logp, -np.inf), new_seqs
-            if not active.any():
+        for t in range(max_length - 1):
+            values, ids, state = steps.step_topk(tokens, state, 2 * k)  # (rows, w): each beam's best words
+            m, w = len(live), values.shape[-1]
+            width = min(2 * k, k * w)
+            total = (beam_logp[:, :, None] + values.reshape(m, k, w)).reshape(m, k * w)
+            cand = np.argpartition(-total, width - 1, axis=1)[:, :width]
+            cand_logp = np.take_along_axis(total, cand, 1)
+            order = np.argsort(-cand_logp, axis=1, kind="stable")
+            cand, cand_logp = np.take_along_axis(cand, order, 1), np.take_along_axis(cand_logp, order, 1)
+            parent = cand // w
+            tok = np.take_along_axis(ids.reshape(m, k * w), cand, 1).astype(np.int32)
+            finite = np.isfinite(cand_logp)
+            ends, grows = finite & (tok == end_id), finite & (tok != end_id)
+            # Candidates are taken best first until k of them continue; the endings met on the way finish.
+            rank = np.cumsum(grows, axis=1)
+            taken = grows & (rank <= k)
+            kth = np.where(rank[:, -1] >= k, np.argmax(rank >= k, axis=1), width)
+            ends &= np.arange(width)[None, :] < kth[:, None]
+            if ends.any():
+                extra = steps.extras(state)
+                rows, cols = np.nonzero(ends)
+                finished_seqs = np.concatenate([seqs[rows, parent[rows, cols]], tok[rows, cols, None]], axis=1)
+                best.offer(live[rows], self.score(cand_logp[rows, cols], t + 1), cand_logp[rows, cols],
+                           finished_seqs, extra[rows * k + parent[rows, cols]] if extra is not None else None)
+            # the k continuations of each image, moved to the front in rank order
+            slot = np.argsort(~taken, axis=1, kind="stable")[:, :k]
+            keep = np.take_along_axis(taken, slot, 1)
+            new_logp = np.where(keep, np.take_along_axis(cand_logp, slot, 1), -np.inf)
+            new_parent = np.where(keep, np.take_along_axis(parent, slot, 1), 0)
+            new_tok = np.where(keep, np.take_along_axis(tok, slot, 1), end_id)
+            seqs = np.concatenate([np.take_along_axis(seqs, new_parent[:, :, None], 1), new_tok[:, :, None]], axis=2)
+            still = (best.count[live] < k) & keep.any(axis=1)
+            if t == max_length - 2 or not still.any():
+                best.fallback(live, new_logp, seqs, steps.extras(state), new_parent, k)
                 break
-            rows = (np.arange(n)[:, None] * k + parents).reshape(-1)
+            rows = (np.flatnonzero(still)[:, None] * k + new_parent[still]).reshape(-1)
             state = [s[rows] for s in state]
-            tokens = new_tokens.reshape(-1)
-        out = Hypotheses([], [], [])
-        extra = steps.extras(state)  # rows already follow the surviving beams
-        for b in range(n):
-            if finished[b]:
-                _, seq, lp, ex = max(finished[b], key=lambda f: f[0])
-                out.tokens.append(seq), out.log_probs.append(lp), out.finished.append(True)
-            else:  # no beam ended: the best partial caption, never an empty result
-                j = int(np.argmax(new_logp[b]))
-                seq, ex = new_seqs[b][j], (extra[b * k + j] if extra is not None else None)
-                out.tokens.append(seq), out.log_probs.append(float(new_logp[b, j]))
-                out.finished.append(False)
-            if ex is not None:
-                out.extras.append(ex[: len(out.tokens[-1])])
-        return out
+            live, beam_logp, seqs = live[still], new_logp[still], seqs[still]
+            tokens = new_tok[still].reshape(-1)
+        return best.hypotheses()
+
+
+class _Finished:
+    """The best finished caption of each image so far (only the best is ever returned)."""
+
+    def __init__(self, n):
+        self.count = np.zeros(n, np.int64)
+        self.score = np.full(n, -np.inf)
+        self.tokens, self.log_prob, self.extra = [None] * n, np.zeros(n), [None] * n
+        self.finished = np.zeros(n, bool)
+
+    def offer(self, images, scores, log_probs, seqs, extras):
+        np.add.at(self.count, images, 1)
+        for j in np.argsort(-scores, kind="stable"):  # one entry per finished caption, not per candidate
+            i = images[j]
+            if scores[j] > self.score[i]:
+                self.score[i], self.tokens[i], self.log_prob[i] = scores[j], seqs[j].tolist(), log_probs[j]
+                self.extra[i] = None if extras is None else extras[j][: len(seqs[j])]
+                self.finished[i] = True
+
+    def fallback(self, images, beam_logp, seqs, extras, parents, k):
+        """Images with no finished caption at the end: the best partial caption, never an empty one."""
+        for r, i in enumerate(images):
+            if self.tokens[i] is None:
+                j = int(np.argmax(beam_logp[r]))
+                self.tokens[i], self.log_prob[i] = seqs[r, j].tolist(), float(beam_logp[r, j])
+                if extras is not None:
+                    self.extra[i] = extras[r * k + parents[r, j]][: seqs.shape[2]]
+
+    def hypotheses(self) -> Hypotheses:
+        extras = [e for e in self.extra if e is not None]
+        return Hypotheses(self.tokens, [float(x) for x in self.log_prob], [bool(f) for f in self.finished],
+                          extras if len(extras) == len(self.tokens) else [])
 
 
 def to_captions(hyps: Hypotheses, vocab) -> list:
