@@ -51,7 +51,7 @@ def _cmd_fit(a):
                       min_count=a.min_count, max_length_percentile=a.max_length_percentile,
                       patience=a.patience, seed=a.seed, pairs=a.pairs, bidirectional=a.bidirectional,
                       on_missing=a.on_missing, attention_dim=a.attention_dim,
-                      doubly_stochastic=a.doubly_stochastic)
+                      doubly_stochastic=a.doubly_stochastic, monitor=a.monitor)
     result = fit(a.captions, a.features, a.out, opts, format=a.format, resume=a.resume,
                  verbose=1 if sys.stdout.isatty() else 2)
     print(result.summary())
@@ -84,6 +84,14 @@ def _cmd_caption(a):
             target = out if len(good) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
             attention_figure(path, res, grid, target)
             print(f"attention figure for {path}: {target}", file=sys.stderr)
+    if a.figure:
+        from captioning import atomic
+        from captioning.evaluation.figures import caption_grid
+        good = [(p, r.text, []) for p, r in results if not isinstance(r, Exception)]
+        with atomic.replacing(a.figure) as tmp:
+            caption_grid(good, tmp, columns=min(3, max(1, len(good))),
+                         title=f"{captioner.decoder.type} — {strategy.describe()['strategy']}")
+        print(f"figure of {len(good)} captioned images: {a.figure}", file=sys.stderr)
     failed = 0
     for path, res in results:
         if isinstance(res, Exception):
@@ -101,7 +109,8 @@ def _cmd_evaluate(a):
     from captioning.inference.captioner import Captioner
     captioner = Captioner.load(a.run)
     result = evaluate(a.run, a.captions, a.features, split=a.split, strategy=_strategy(a, len(captioner.vocab)),
-                      format=a.format, out=a.out, coco=a.coco, limit=a.limit, captioner=captioner)
+                      format=a.format, out=a.out, coco=a.coco, limit=a.limit, captioner=captioner,
+                      images_dir=a.images)
     print(result.summary())
 
 
@@ -143,7 +152,7 @@ def _add_strategy_options(p):
 def build_parser() -> argparse.ArgumentParser:
     from captioning import decoders
     from captioning.data.formats import FORMATS
-    from captioning.training.fit import FitOptions
+    from captioning.training.fit import MONITORS, FitOptions
     d = FitOptions()
     parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         prog="captioning", description="Image captioning with Keras: cached CNN features, "
@@ -171,18 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True, help="xception, inception_v3, resnet50, vgg16, densenet201, …")
     p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a Keras weights file")
     p.add_argument("--out", metavar="FILE.h5", help="default: features/<dataset>_<backbone>.h5")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_ranged(int, 1), default=32)
     p.add_argument("--pooling", choices=["avg", "max"], default="avg")
     p.add_argument("--spatial", action="store_true", help="store the last convolutional grid")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--captions", metavar="DATA", help="only the images this data set captions")
     p.add_argument("--image-list", metavar="FILE", help="only the images named in FILE, one a line")
-    p.add_argument("--limit", type=int, metavar="N")
+    p.add_argument("--limit", type=_ranged(int, 1), metavar="N", help="only the first N images")
     p.add_argument("--overwrite", action="store_true", help="replace a store made differently")
     p.add_argument("--strict", action="store_true", help="exit 3 if any image failed")
     p.add_argument("--mixed-precision", action="store_true",
                    help="float16 compute on a GPU, bfloat16 on CPUs that have it (about 2x faster)")
-    p.add_argument("--workers", type=int, default=0, help="decode threads (default: CPU count)")
+    p.add_argument("--workers", type=_ranged(int, 0), default=0, help="decode threads (0: one per CPU)")
     p.add_argument("--seed", type=int, default=0, help="random init seed with --weights none")
     p.set_defaults(func=_cmd_extract)
 
@@ -208,8 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-count", type=_ranged(int, 1), default=d.min_count,
                    help="keep words seen at least this often in the train captions")
     p.add_argument("--max-length-percentile", type=_ranged(float, 0, 100, low_open=True),
-                   default=d.max_length_percentile, help="cap caption length at this percentile (default: none)")
+                   default=d.max_length_percentile, help="cut captions longer than this percentile of train caption lengths (100: no cut)")
     p.add_argument("--patience", type=_ranged(int, 1), default=d.patience, help="early stopping, in epochs")
+    p.add_argument("--monitor", choices=MONITORS, default=d.monitor,
+                   help="what early stopping and the kept epoch follow: validation loss, or the dev split's "
+                        "greedy BLEU-4 (a few seconds per epoch)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--pairs", action="store_true", help="train on partial-caption pairs (the reference path)")
     p.add_argument("--on-missing", choices=["skip", "error"], default="skip",
@@ -224,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=_ranged(int, 2), default=None, help="default: the run's")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--attention-figure", metavar="OUT.png", help="attention runs: per-word attention maps")
+    p.add_argument("--figure", metavar="OUT.png", help="a PNG grid of the images with their captions")
     _add_strategy_options(p)
     p.set_defaults(func=_cmd_caption)
 
@@ -236,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="default: RUN_DIR/eval-<split>")
     p.add_argument("--coco", action="store_true", help="also METEOR/ROUGE-L/CIDEr (needs the coco extra and Java)")
     p.add_argument("--limit", type=_ranged(int, 1), metavar="N", help="first N images of the split")
+    p.add_argument("--images", metavar="DIR", help="images folder for examples.png (default: beside the captions)")
     _add_strategy_options(p)
     p.set_defaults(func=_cmd_evaluate)
 

@@ -236,3 +236,14 @@ def test_batched_beam_equals_textbook_beam_on_thousands_of_words(k, end_bias):
     assert hyps.tokens == reference_beam(steps, images, k, 0.7, 12)
     assert hyps.finished == [END in t for t in hyps.tokens]
     assert any(hyps.finished) == np.isfinite(end_bias)
+
+
+def test_captions_never_contain_padding_unknown_or_start_tokens():
+    from captioning.decoders.steps import WithoutTokens
+    steps = LowRankSteps(vocab_size=50, end_bias=2.0)
+    steps.bias[:3] = 5.0  # a model that prefers the forbidden ids
+    safe = WithoutTokens(steps, [0, 1, 2])
+    for strategy in (Greedy(), BeamSearch(3), RandomSampler(seed=1)):
+        hyps = strategy(safe, np.arange(6), START, END, max_length=10)
+        assert not any(set(t) & {0, 1, 2} for t in hyps.tokens)
+    assert all(set(t) & {0, 1, 2} for t in Greedy()(steps, np.arange(6), START, END, 10).tokens)

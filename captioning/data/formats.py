@@ -62,7 +62,7 @@ class CaptionDataset:
         return [i for i in self.images() if not (self.images_root / i).is_file()]
 
 
-def _checked_name(name: str, path: Path, line) -> str:
+def checked_image_name(name: str, path: Path, line) -> str:
     """Refuse image names that would escape the images root."""
     name = name.strip()
     if not name:
@@ -98,7 +98,7 @@ def _read_token_file(path: Path):
             raise DataFormatError(path, n, "expected 'IMAGE.jpg#N<TAB>caption' but found no tab",
                                   f"The line reads: {line[:80]!r}")
         m = _TOKEN_KEY.match(key.strip())
-        image = _checked_name(m.group("image") if m else key, path, n)
+        image = checked_image_name(m.group("image") if m else key, path, n)
         if not caption.strip():
             empty += 1
             continue
@@ -113,8 +113,12 @@ def _read_kaggle_csv(path: Path):
         header = next(reader, None)
         if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
             raise DataFormatError(path, 1, f"expected the header 'image,caption', found {header}")
+        last = reader.line_num
         for fields in reader:
-            n = reader.line_num
+            n, start, last = reader.line_num, last + 1, reader.line_num
+            if any("\n" in x or "\r" in x for x in fields):  # a quote left open swallows the lines after it
+                raise DataFormatError(path, start, f"a quoted caption runs over lines {start}–{n}: an opening quote "
+                                      "has no closing quote", "Close or remove the stray '\"' on that line.")
             if not fields or not any(x.strip() for x in fields):
                 continue
             if len(fields) < 2:
@@ -122,7 +126,7 @@ def _read_kaggle_csv(path: Path):
                                       "Captions containing commas must be quoted.")
             # An unquoted comma inside the caption splits it; join the pieces back.
             image, caption = fields[0], ",".join(fields[1:])
-            image = _checked_name(image, path, n)
+            image = checked_image_name(image, path, n)
             if not caption.strip():
                 empty += 1
                 continue
@@ -140,7 +144,7 @@ def _read_flickr30k_csv(path: Path):
         parts = line.split("|", 2)
         if len(parts) != 3:
             raise DataFormatError(path, n, f"expected 3 '|'-separated fields, found {len(parts)}")
-        image = _checked_name(parts[0], path, n)
+        image = checked_image_name(parts[0], path, n)
         if not parts[2].strip():
             empty += 1
             continue
@@ -156,6 +160,18 @@ def _load_json(path: Path):
         raise DataFormatError(path, e.lineno, f"invalid JSON: {e.msg}") from e
 
 
+def _json_structure(reader):
+    """A JSON file of the right name but the wrong shape (a list where a dict belongs…) is a format error."""
+    def read(path, *args):
+        try:
+            return reader(path, *args)
+        except (TypeError, AttributeError, KeyError) as e:
+            raise DataFormatError(path, None, f"unexpected JSON structure ({type(e).__name__}: {e})",
+                                  "Compare the file with the format's documented layout (README, formats table).") from e
+    return read
+
+
+@_json_structure
 def _read_coco(path: Path, prefix: str):
     d = _load_json(path)
     if not isinstance(d, dict) or "annotations" not in d or "images" not in d:
@@ -165,7 +181,7 @@ def _read_coco(path: Path, prefix: str):
         name = im.get("file_name")
         if name is None or "id" not in im:
             raise DataFormatError(path, None, f"images[{i}] has no 'id' or 'file_name'")
-        names[im["id"]] = _checked_name(f"{prefix}/{name}" if prefix else name, path, f"images[{i}]")
+        names[im["id"]] = checked_image_name(f"{prefix}/{name}" if prefix else name, path, f"images[{i}]")
     rows, empty = [], 0
     for i, ann in enumerate(d["annotations"]):
         if ann.get("image_id") not in names:
@@ -179,11 +195,12 @@ def _read_coco(path: Path, prefix: str):
     return rows, empty
 
 
+@_json_structure
 def _read_karpathy(path: Path):
     d = _load_json(path)
     if not isinstance(d, dict) or "images" not in d:
         raise DataFormatError(path, None, "not a Karpathy split file (needs 'images')")
-    rows, empty = [], 0
+    rows, empty, unsentenced = [], 0, 0
     for i, im in enumerate(d["images"]):
         where = f"images[{i}]"
         split = _KARPATHY_SPLITS.get(im.get("split"))
@@ -195,14 +212,16 @@ def _read_karpathy(path: Path):
             raise DataFormatError(path, None, f"{where} has no 'filename'")
         if im.get("filepath"):
             name = f"{im['filepath']}/{name}"
-        name = _checked_name(name, path, where)
+        name = checked_image_name(name, path, where)
+        unsentenced += not im.get("sentences")
         for s in im.get("sentences", []):
             caption = (s.get("raw") or " ".join(s.get("tokens", []))).strip()
             if not caption:
                 empty += 1
                 continue
             rows.append((name, caption, split))
-    return rows, empty, d.get("dataset")
+    notes = [f"{unsentenced} images have no sentences and are left out."] if unsentenced else []
+    return rows, empty, d.get("dataset"), notes
 
 
 def _find_images_root(folder: Path, images_dir) -> Path:
@@ -220,7 +239,7 @@ def _split_lists(folder: Path) -> dict[str, str]:
         p = folder / fname
         if p.is_file():
             for n, line in _read_lines(p):
-                split_of[_checked_name(line, p, n)] = split
+                split_of[checked_image_name(line, p, n)] = split
     return split_of
 
 
@@ -293,6 +312,74 @@ def _captions_file_for(fmt: str, path: Path) -> Path:
     return file
 
 
+# --- one loader per format: (path, captions file, images_dir, split seed) →
+#     (rows of (image, caption, split), empty captions, images root, data-set name, notes) -----------
+
+def _load_coco(path: Path, file: Path, images_dir, split_seed: int):
+    folder = file.parent
+    files = sorted(folder.glob("captions_*.json")) if path.is_dir() else [file]
+    root = Path(images_dir) if images_dir else (folder.parent if folder.name == "annotations" else folder)
+    rows, empty, val_images, notes = [], 0, [], []
+    for f in files:
+        which = "val" if "val" in f.name else "train"
+        prefix = f.stem.replace("captions_", "")  # train2014 / val2014
+        if not (root / prefix).is_dir():
+            prefix = ""
+        r, e = _read_coco(f, prefix)
+        empty += e
+        rows += [(img, cap, "train" if which == "train" else None) for img, cap in r]
+        if which == "val":
+            val_images += [img for img, _ in r]
+    val = sorted(set(val_images))
+    order = np.random.default_rng(split_seed).permutation(len(val))
+    val_split = {val[i]: ("dev" if rank < len(val) // 2 else "test") for rank, i in enumerate(order)}
+    rows = [(i, c, s or val_split[i]) for i, c, s in rows]
+    if val:
+        notes.append("COCO val2014 images were split in seeded halves into dev and test "
+                     "(use the Karpathy split file for the standard 5,000/5,000).")
+    return rows, empty, root, "coco", notes
+
+
+def _load_karpathy(path: Path, file: Path, images_dir, split_seed: int):
+    rows, empty, name, notes = _read_karpathy(file)
+    return (rows, empty, _find_images_root(file.parent, images_dir),
+            (name or file.stem.replace("dataset_", "")).lower(), notes)
+
+
+def _flickr_style(reader):
+    """Flat caption files: the split lists beside them when present, else a seeded split."""
+    def load(path: Path, file: Path, images_dir, split_seed: int):
+        folder, notes = file.parent, []
+        rows, empty = reader(file)
+        split_of = _split_lists(folder)
+        if split_of:
+            unsplit = sorted({img for img, _ in rows} - set(split_of))
+            if unsplit:
+                notes.append(f"{len(unsplit)} captioned images are in no split list and are not "
+                             f"used for train/dev/test (e.g. {', '.join(unsplit[:3])}).")
+            uncaptioned = sorted(set(split_of) - {img for img, _ in rows})
+            if uncaptioned:
+                notes.append(f"{len(uncaptioned)} images named in the split lists have no caption "
+                             f"(e.g. {', '.join(uncaptioned[:3])}).")
+        else:
+            split_of = seeded_split([img for img, _ in rows], split_seed)
+            notes.append(f"no split lists found: seeded split (seed {split_seed}) of "
+                         f"{len(split_of)} images into train/dev/test.")
+        rows = [(img, cap, split_of.get(img, "")) for img, cap in rows]
+        return rows, empty, _find_images_root(folder, images_dir), folder.name.lower() or "flickr", notes
+    return load
+
+
+def _load_flickr30k(path: Path, file: Path, images_dir, split_seed: int):
+    reader = _read_flickr30k_csv if file.suffix == ".csv" else _read_token_file
+    return _flickr_style(reader)(path, file, images_dir, split_seed)
+
+
+LOADERS = {"flickr8k": _flickr_style(_read_token_file), "flickr8k-kaggle": _flickr_style(_read_kaggle_csv),
+           "flickr30k": _load_flickr30k, "coco": _load_coco, "karpathy": _load_karpathy}
+
+
+
 def load_captions(path, format: str | None = None, images_dir=None, on_missing: str = "keep",
                   split_seed: int = 0) -> CaptionDataset:
     """Read a data set (a captions file or its folder) into a ``CaptionDataset``.
@@ -311,56 +398,7 @@ def load_captions(path, format: str | None = None, images_dir=None, on_missing: 
         if not path.exists():
             raise CaptioningError(f"{path}: no such file or folder")
         file = _captions_file_for(format, path)
-    folder = file.parent
-    notes = []
-    dataset_name = folder.name.lower() or format  # names the default feature file
-
-    if format == "coco":
-        files = sorted(folder.glob("captions_*.json")) if path.is_dir() else [file]
-        root = Path(images_dir) if images_dir else (folder.parent if folder.name == "annotations" else folder)
-        rows, empty, val_images = [], 0, []
-        for f in files:
-            which = "val" if "val" in f.name else "train"
-            prefix = f.stem.replace("captions_", "")  # train2014 / val2014
-            if not (root / prefix).is_dir():
-                prefix = ""
-            r, e = _read_coco(f, prefix)
-            empty += e
-            rows += [(img, cap, "train" if which == "train" else None) for img, cap in r]
-            if which == "val":
-                val_images += [img for img, _ in r]
-        val = sorted(set(val_images))
-        order = np.random.default_rng(split_seed).permutation(len(val))
-        val_split = {val[i]: ("dev" if rank < len(val) // 2 else "test") for rank, i in enumerate(order)}
-        rows = [(i, c, s or val_split[i]) for i, c, s in rows]
-        if val:
-            notes.append("COCO val2014 images were split in seeded halves into dev and test "
-                         "(use the Karpathy split file for the standard 5,000/5,000).")
-        dataset_name = "coco"
-    elif format == "karpathy":
-        rows, empty, ds = _read_karpathy(file)
-        dataset_name = (ds or file.stem.replace("dataset_", "")).lower()
-        root = _find_images_root(folder, images_dir)
-    else:
-        if format == "flickr8k-kaggle":
-            reader = _read_kaggle_csv
-        elif format == "flickr30k" and file.suffix == ".csv":
-            reader = _read_flickr30k_csv
-        else:
-            reader = _read_token_file
-        rows, empty = reader(file)
-        root = _find_images_root(folder, images_dir)
-        split_of = _split_lists(folder)
-        if split_of:
-            unsplit = sorted({img for img, _ in rows} - set(split_of))
-            if unsplit:
-                notes.append(f"{len(unsplit)} captioned images are in no split list and are not "
-                             f"used for train/dev/test (e.g. {', '.join(unsplit[:3])}).")
-        else:
-            split_of = seeded_split([img for img, _ in rows], split_seed)
-            notes.append(f"no split lists found: seeded split (seed {split_seed}) of "
-                         f"{len(split_of)} images into train/dev/test.")
-        rows = [(img, cap, split_of.get(img, "")) for img, cap in rows]
+    rows, empty, root, dataset_name, notes = LOADERS[format](path, file, images_dir, split_seed)
 
     if empty:
         notes.append(f"{empty} empty captions skipped.")
@@ -369,6 +407,10 @@ def load_captions(path, format: str | None = None, images_dir=None, on_missing: 
         notes.append(f"{len(bogus)} caption keys are not image file names: {', '.join(bogus[:3])}.")
     table = pd.DataFrame(rows, columns=["image", "caption", "split"])
     table["split"] = table["split"].fillna("")
+    duplicated = table.duplicated(["image", "caption"])
+    if duplicated.any():
+        notes.append(f"{int(duplicated.sum())} duplicate captions (same image, same text) were dropped.")
+        table = table[~duplicated].reset_index(drop=True)
     if table.empty:
         raise CaptioningError(f"{file}: no captions found")
     dataset = CaptionDataset(table, root, format, file, dataset_name, notes)

@@ -102,4 +102,5 @@ def max_caption_length(token_lists: Iterable[Sequence[str]], percentile: float |
         raise CaptioningError("no captions to measure: the caption table is empty")
     if percentile is None:
         return int(lengths.max())
-    return int(np.ceil(np.percentile(lengths, percentile)))
+    # "lower": a length some caption really has, so a single outlier in a small set is still cut
+    return int(np.percentile(lengths, percentile, method="lower"))

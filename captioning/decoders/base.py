@@ -86,6 +86,11 @@ class Decoder:
         """A ``StepModel`` over the trained next-word ``model``'s layers."""
         raise NotImplementedError
 
+    def set_feature_statistics(self, model, mean, std) -> None:
+        """Give the model's ``FeatureStandardization`` the train features' mean and spread (every decoder
+        standardises its input features in a layer named ``image_norm``)."""
+        model.get_layer("image_norm").set_statistics(mean, std)
+
 
 def caption_loss():
     """Cross-entropy averaged over real (weighted) tokens, never over padding.

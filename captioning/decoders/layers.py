@@ -26,8 +26,12 @@ class FeatureStandardization(keras.layers.Layer):
         return (x - self.mean) / self.std
 
     def set_statistics(self, mean, std):
-        self.mean.assign(np.asarray(mean, np.float32))
-        self.std.assign(np.maximum(np.asarray(std, np.float32), 1e-6 * max(float(np.max(std)), 1e-30)))
+        """A feature that never varies (one train image, a dead channel) is centred, not scaled: dividing
+        by a near-zero spread would turn any other value into a huge input."""
+        mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        scale = max(float(np.max(std)), float(np.max(np.abs(mean))), 1e-12)
+        self.mean.assign(mean)
+        self.std.assign(np.where(std > 1e-4 * scale, std, 1.0).astype(np.float32))
 
 
 @keras.saving.register_keras_serializable(package="captioning")

@@ -60,3 +60,29 @@ class PrefixSteps(StepModel):
             x[:, : prefix.shape[1]] = prefix[:, : self.fixed_length]
         probs = self.model.predict_on_batch([features, x])
         return log_probs(probs), [features, prefix]
+
+
+class WithoutTokens(StepModel):
+    """Another step model that can never emit ``banned`` ids (padding, unknown word, start marker):
+    a caption of real words only, as the references are."""
+
+    def __init__(self, inner: StepModel, banned):
+        self.inner, self.banned = inner, np.asarray(sorted(set(banned)), np.int64)
+
+    def start(self, features):
+        return self.inner.start(features)
+
+    def step(self, tokens, state):
+        log_probs, state = self.inner.step(tokens, state)
+        log_probs = np.array(log_probs, copy=True)
+        log_probs[:, self.banned] = -np.inf
+        return log_probs, state
+
+    def step_topk(self, tokens, state, n):
+        values, ids, state = self.inner.step_topk(tokens, state, n + len(self.banned))
+        allowed = ~np.isin(ids, self.banned)
+        order = np.argsort(~allowed, axis=-1, kind="stable")[:, :n]  # the best n allowed, still best first
+        return np.take_along_axis(values, order, -1), np.take_along_axis(ids, order, -1), state
+
+    def extras(self, state):
+        return self.inner.extras(state)

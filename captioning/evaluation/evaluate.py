@@ -42,11 +42,16 @@ class EvalResult:
 
 
 def evaluate(run_dir, captions, features, split: str = "test", strategy=None, format=None, out=None,
-             coco: bool = False, limit: int | None = None, captioner: Captioner | None = None) -> EvalResult:
+             coco: bool = False, limit: int | None = None, captioner: Captioner | None = None,
+             images_dir=None) -> EvalResult:
+    """Caption ``split``'s images from ``features`` and score them against all their references.
+
+    Writes ``eval.json`` (metrics, settings, every caption) and ``examples.png`` (the first nine
+    images with their captions; photos are read from ``images_dir`` or the data set's images folder)."""
     strategy = strategy or Greedy()
     captioner = captioner or Captioner.load(run_dir)
     vocab = captioner.vocab
-    dataset = load_captions(captions, format=format)
+    dataset = load_captions(captions, format=format, images_dir=images_dir)
     refs_raw = dataset.references(split)
     store = FeatureStore.open(features)
     captioner.features.require_compatible(store.spec, f"the features run {run_dir} was trained on", str(features))

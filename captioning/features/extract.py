@@ -54,8 +54,13 @@ def list_images(images_dir, captions=None, image_list=None) -> list[str]:
         from captioning.data import load_captions
         return load_captions(captions, images_dir=root).images()
     if image_list is not None:
-        lines = Path(image_list).read_text(encoding="utf-8-sig").splitlines()
-        return list(dict.fromkeys(line.strip() for line in lines if line.strip()))
+        from captioning.data.formats import checked_image_name
+        try:
+            lines = Path(image_list).read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CaptioningError(f"--image-list {image_list}: cannot read it ({e})") from e
+        return list(dict.fromkeys(checked_image_name(line, Path(image_list), n)
+                                  for n, line in enumerate(lines, 1) if line.strip()))
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 

@@ -178,7 +178,7 @@ class FeatureStoreWriter:
             raise
 
     def _open(self, overwrite: bool):
-        if overwrite and self.path.exists() and not self.path.is_file():
+        if self.path.exists() and not self.path.is_file():
             raise CaptioningError(f"--out {self.path} is a folder; choose a file name ending in .h5.")
         existing = None if overwrite and not self._readable() else self._existing_identity()
         diff = []
@@ -238,13 +238,19 @@ class FeatureStoreWriter:
         """One atomic segment: a kill before the rename leaves only a temp file, ignored later."""
         seg = self.parts / f"seg-{self._next:06d}.h5"
         tmp = seg.with_suffix(".tmp")
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update(self.attrs)
-            f.create_dataset("features", data=np.asarray(features, dtype=self.attrs["dtype"]))
-            f.create_dataset("image_ids", data=np.array(ids, dtype=object), dtype=_STR)
-            f.create_dataset("failed_ids", data=np.array([i for i, _ in failed], dtype=object), dtype=_STR)
-            f.create_dataset("failed_reasons", data=np.array([r for _, r in failed], dtype=object), dtype=_STR)
-        os.replace(tmp, seg)
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs.update(self.attrs)
+                f.create_dataset("features", data=np.asarray(features, dtype=self.attrs["dtype"]))
+                f.create_dataset("image_ids", data=np.array(ids, dtype=object), dtype=_STR)
+                f.create_dataset("failed_ids", data=np.array([i for i, _ in failed], dtype=object), dtype=_STR)
+                f.create_dataset("failed_reasons", data=np.array([r for _, r in failed], dtype=object), dtype=_STR)
+            os.replace(tmp, seg)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise CaptioningError(f"{self.path}: cannot write the next batch into {self.parts} ({e}). Is the disk "
+                                  "full or the folder read-only? Batches already written are kept; free space "
+                                  "and run the same command again to continue.") from e
         self._next += 1
         self.done.update(ids)
 
@@ -255,6 +261,10 @@ class FeatureStoreWriter:
         it the merged store holds everything, and segments left behind are duplicates merged away next time."""
         try:
             return self._merge(completed)
+        except OSError as e:
+            raise CaptioningError(f"{self.path}: cannot write the merged store ({e}). Is the disk full? The "
+                                  f"batches in {self.parts} are kept; free space and run the same command "
+                                  "again.") from e
         finally:
             self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
             self.lock.release()

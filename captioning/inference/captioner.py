@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from captioning import decoders
+from captioning.decoders.steps import WithoutTokens
 from captioning.errors import CaptioningError
 from captioning.inference.search import Greedy, to_captions
 from captioning.run import Run, load_model
@@ -16,7 +17,8 @@ class Captioner:
     def __init__(self, model, run: Run, run_dir=None, weights=None):
         self.model, self.run, self.run_dir = model, run, run_dir
         self.vocab, self.decoder, self.features = run.vocab, run.decoder, run.features
-        self.steps = decoders.step_model(model, run.decoder)
+        v = run.vocab
+        self.steps = WithoutTokens(decoders.step_model(model, run.decoder), [v.pad_id, v.unk_id, v.start_id])
         self._weights_override = weights
         self._backbone = None
 

@@ -67,8 +67,10 @@ def reseed_dropout(model, seed: int, epoch: int) -> None:
 class RunCheckpoints(keras.callbacks.Callback):
     """Placed after ``early`` and ``plateau`` in the callback list, so it saves their updated state."""
 
-    def __init__(self, out, seqs, seed: int, early, plateau, state: dict | None, rows: list):
+    def __init__(self, out, seqs, seed: int, early, plateau, state: dict | None, rows: list,
+                 monitor: str = "val_loss"):
         super().__init__()
+        self.monitor, self.sign = monitor, (-1.0 if monitor == "val_bleu4" else 1.0)  # lower signed is better
         self.out, self.dir = Path(out), Path(out) / "checkpoints"
         self.seqs, self.seed, self.early, self.plateau = seqs, seed, early, plateau
         self.state, self.rows = state, rows
@@ -93,7 +95,8 @@ class RunCheckpoints(keras.callbacks.Callback):
         row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}, "learning_rate": self._learning_rate}
         self.rows.append(row)
         from captioning.run import save_model
-        if row.get("val_loss", np.inf) <= min(r.get("val_loss", np.inf) for r in self.rows):
+        score = [self.sign * r.get(self.monitor, np.nan) for r in self.rows]
+        if np.isfinite(score[-1]) and score[-1] <= np.nanmin(score):
             save_model(self.model, self.dir / "best.keras")
         save_model(self.model, self.dir / "last.keras")
         _write_csv(self.out / "history.csv", self.rows)

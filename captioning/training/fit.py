@@ -29,6 +29,9 @@ from captioning.training.sequences import CaptionSequence, EncodedCaptions, Pair
 keras = import_keras()
 
 
+MONITORS = ("val_loss", "val_bleu4")
+
+
 @dataclasses.dataclass
 class FitOptions:
     decoder: str = "merge"
@@ -41,13 +44,14 @@ class FitOptions:
     bidirectional: bool = False
     learning_rate: float = 1e-3
     min_count: int = 1
-    max_length_percentile: float | None = None
+    max_length_percentile: float | None = 99.9  # longer captions are cut (a stray 10,000-word line costs 36×)
     patience: int = 5
     seed: int = 0
     pairs: bool = False  # train on partial-caption pairs instead of the fast path
     on_missing: str = "skip"  # captioned images absent from the feature store
     attention_dim: int = 256  # attention decoder only
     doubly_stochastic: float = 0.02  # attention decoder only: λ
+    monitor: str = "val_loss"  # what early stopping and the best checkpoint follow: val_loss or val_bleu4
     cleaning: dict = dataclasses.field(default_factory=dict)
 
     def validate(self) -> "FitOptions":
@@ -58,7 +62,8 @@ class FitOptions:
                   (self.max_length_percentile is None or 0 < self.max_length_percentile <= 100,
                    "--max-length-percentile", "in (0, 100]"),
                   (self.patience >= 1, "--patience", "at least 1"),
-                  (self.on_missing in ("skip", "error"), "--on-missing", "skip or error")]
+                  (self.on_missing in ("skip", "error"), "--on-missing", "skip or error"),
+                  (self.monitor in MONITORS, "--monitor", " or ".join(MONITORS))]
         for ok, name, allowed in checks:
             if not ok:
                 raise UsageError(f"{name} must be {allowed}; got {getattr(self, name[2:].replace('-', '_'))!r}")
@@ -97,6 +102,7 @@ class FitPlan:
     train: EncodedCaptions
     dev: EncodedCaptions
     train_rows: list  # store rows of the train images, for the feature statistics
+    dev_references: dict  # dev image → its cleaned reference captions (token lists)
     resume: bool
     notes: list
 
@@ -144,6 +150,19 @@ def _check_store(store: FeatureStore, table, split: str, on_missing: str, notes:
     return table
 
 
+def _usable(table, split: str, cleaning, notes: list):
+    """Captions that clean to no word at all (punctuation only) teach nothing: dropped, and said so."""
+    empty = table["caption"].map(lambda c: not tokenize(c, cleaning))
+    if empty.any():
+        notes.append(f"{int(empty.sum())} {split} captions have no words after cleaning "
+                     f"(e.g. {table['caption'][empty].iloc[0]!r}): skipped.")
+        table = table[~empty]
+    if table.empty:
+        raise CaptioningError(f"no {split} caption has a word left after cleaning; check the captions file "
+                              "(are the captions in the expected column?).")
+    return table
+
+
 def _check_out(out: Path, resume: bool) -> None:
     """A fresh run needs an empty folder; a resumed one needs this run's own resumable state."""
     if resume:
@@ -186,10 +205,12 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
             "pooled vectors (extract without --spatial), or use --decoder attention"
         raise CaptioningError(f"{features} holds {'spatial' if spec.spatial else 'pooled'} features "
                               f"{spec.feature_shape}; the {decoder.name} decoder needs {want}.")
-    train = _check_store(store, dataset.split("train"), "train", options.on_missing, notes)
-    dev = _check_store(store, dataset.split("dev"), "dev", options.on_missing, notes)
-
     cleaning = CleaningOptions.from_dict(options.cleaning)
+    train = _usable(_check_store(store, dataset.split("train"), "train", options.on_missing, notes), "train",
+                    cleaning, notes)
+    dev = _usable(_check_store(store, dataset.split("dev"), "dev", options.on_missing, notes), "dev", cleaning,
+                  notes)
+
     if saved is not None:
         vocab, max_length = saved.vocab, saved.decoder.max_length
     else:
@@ -199,6 +220,10 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
             raise UsageError(f"--min-count {options.min_count} leaves no words: no train word occurs that often "
                              f"({len(train)} captions). Lower --min-count.")
         max_length = max_caption_length(train_tokens, options.max_length_percentile)
+        longer = sum(len(t) + 2 > max_length for t in train_tokens)
+        if longer:
+            notes.append(f"{longer} train captions are longer than {max_length - 2} words (the "
+                         f"{options.max_length_percentile}th percentile) and were cut to it.")
     cfg = DecoderConfig(options.decoder, len(vocab), spec.feature_shape[-1], max_length, options.embed_dim,
                         options.units, options.dropout, options.rnn, options.bidirectional,
                         grid_size=spec.feature_shape[0] if spec.spatial else 0, attention_dim=options.attention_dim,
@@ -208,14 +233,17 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
                     "train_images": int(train["image"].nunique()), "dev_images": int(dev["image"].nunique())},
               feature_store=str(Path(features).resolve()))
     run.training["fast_path"] = cfg.decoder.causal and not options.pairs
+    dev_refs = {}
+    for image, caption in zip(dev["image"], dev["caption"]):
+        dev_refs.setdefault(image, []).append(tokenize(caption, cleaning))
     return FitPlan(out, options, run, store, EncodedCaptions.from_table(train, vocab, max_length),
                    EncodedCaptions.from_table(dev, vocab, max_length),
-                   [store.index[i] for i in train["image"].unique()], resume, notes + dataset.notes)
+                   [store.index[i] for i in train["image"].unique()], dev_refs, resume, notes + dataset.notes)
 
 
 def _new_model(p: FitPlan):
     model = decoders.build(p.run.decoder, sequences=p.fast)
-    model.get_layer("image_norm").set_statistics(*p.store.statistics(p.train_rows))
+    p.run.decoder.decoder.set_feature_statistics(model, *p.store.statistics(p.train_rows))
     model.compile(optimizer=keras.optimizers.Adam(p.options.learning_rate), loss=caption_loss(),
                   weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                                     keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
@@ -237,20 +265,28 @@ def train(p: FitPlan, verbose="auto"):
         p.run.save(p.out)  # config and vocabulary first: a run killed in epoch 1 still explains itself
     o = p.options
     # the exported model is the best epoch's (checkpoints/best.keras), so no weights are kept in memory
-    early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience)
+    mode = "max" if o.monitor == "val_bleu4" else "min"
+    early = keras.callbacks.EarlyStopping(monitor=o.monitor, mode=mode, patience=o.patience)
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, o.patience // 2),
                                                 min_lr=1e-5)
     checkpoints = RunCheckpoints(p.out, seqs, o.seed, early, plateau, state,
-                                 history_rows(p.out / "history.csv", initial_epoch))
+                                 history_rows(p.out / "history.csv", initial_epoch), monitor=o.monitor)
+    score = []
+    if o.monitor == "val_bleu4":
+        from captioning.training.caption_score import CaptionScore
+        score = [CaptionScore(p)]
     # shuffle=False: the Sequence reshuffles itself from (seed, epoch), which --resume can repeat;
     # Keras' own shuffle of a PyDataset's batch order draws from Python's global random state
     model.fit(seqs[0], validation_data=seqs[1], epochs=max(o.epochs, initial_epoch), initial_epoch=initial_epoch,
-              callbacks=[early, plateau, checkpoints], verbose=verbose, shuffle=False)
+              callbacks=[*score, early, plateau, checkpoints], verbose=verbose, shuffle=False)
     return model
 
 
 def export(p: FitPlan) -> FitResult:
     """Save the best epoch as the next-word ``model.keras``, the curves and the results."""
+    if not (p.checkpoints / "best.keras").is_file():
+        raise CaptioningError(f"no epoch of {p.out} reached a finite {p.options.monitor} (training diverged); "
+                              "start again with a lower --learning-rate.")
     best_model = load_model(p.checkpoints / "best.keras")
     next_word = best_model
     if p.fast:  # the classic next-word model: same layers, same order, the fast path's weights
@@ -260,7 +296,7 @@ def export(p: FitPlan) -> FitResult:
     rows = history_rows(p.out / "history.csv")
     with atomic.replacing(p.out / "training_curves.png") as tmp:
         plot_history(rows, tmp, title=f"Training curves — {p.out.name}")
-    best = min(r["val_loss"] for r in rows)
+    best = min(r["val_loss"] for r in rows)  # reported as loss whatever the monitor
     result = FitResult(p.out, len(rows), best, unigram_loss(p.train, p.dev, len(p.run.vocab)), len(p.run.vocab),
                        p.run.data["train_images"], p.run.data["dev_images"], p.notes)
     p.run.results = {"epochs_run": result.epochs_run, "best_val_loss": best, "unigram_val_loss": result.unigram_val_loss}

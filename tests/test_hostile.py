@@ -1,0 +1,505 @@
+"""The hostile-input and crash gauntlet: every case asserts the exit code, that no traceback reaches
+the user, that the message names the file or option, and that nothing finished was lost or changed.
+
+Families: (1) resume after kill -9, (2) one writer at a time, (3) features must match the run,
+(4) nothing overwritten by surprise, (5) every option validated, (6) data that is quietly wrong,
+(7) messages, not tracebacks.
+"""
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from captioning.cli import main
+from captioning.console import import_keras
+from captioning.features import FeatureStore, extract_features
+from captioning.features.store import FeatureStoreWriter
+from captioning.training import FitOptions, fit
+
+keras = import_keras()
+TINY = ["--epochs", "2", "--batch-size", "8", "--units", "8", "--embed-dim", "8", "--patience", "10"]
+
+
+def cli(capsys, *args):
+    """Run the CLI in this process; return (exit code, stdout, stderr). No traceback may reach stderr."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    return code, out, err
+
+
+def cli_process(*args, timeout=240):
+    done = subprocess.run([sys.executable, "-m", "captioning", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def digest(folder: Path) -> dict:
+    """Every file under ``folder`` → its sha256: 'nothing changed' is an equality of these."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def base(sample_dir, tmp_path_factory):
+    """A feature store of the sample set and a finished tiny run on it."""
+    root = tmp_path_factory.mktemp("hostile")
+    store = extract_features(sample_dir / "Images", backbone="efficientnet_b0", weights="none", out=root / "f.h5",
+                             show_progress=False).store.path
+    fit(sample_dir, store, root / "run", FitOptions(epochs=2, batch_size=8, units=8, embed_dim=8), verbose=0)
+    return {"data": sample_dir, "store": store, "run": root / "run", "root": root}
+
+
+# --- (5) every option validated: usage errors (exit 2) that name the option and its range ----------
+FIT_BAD = [("--epochs", "0"), ("--epochs", "-3"), ("--epochs", "abc"), ("--batch-size", "0"), ("--units", "0"),
+           ("--embed-dim", "0"), ("--dropout", "1"), ("--dropout", "-0.1"), ("--dropout", "nan"),
+           ("--learning-rate", "0"), ("--learning-rate", "-1e-3"), ("--max-length-percentile", "101"),
+           ("--max-length-percentile", "0"), ("--min-count", "0"), ("--patience", "0"), ("--attention-dim", "0"),
+           ("--doubly-stochastic", "-1"), ("--decoder", "transformer"), ("--monitor", "accuracy")]
+
+
+@pytest.mark.parametrize("option,value", FIT_BAD)
+def test_fit_option_out_of_range_is_a_usage_error(capsys, tmp_path, option, value):
+    code, _, err = cli(capsys, "fit", "--captions", tmp_path, "--features", tmp_path / "f.h5", "--out",
+                       tmp_path / "run", option, value)
+    assert code == 2 and option in err
+    assert not (tmp_path / "run").exists()
+
+
+CAPTION_BAD = [("--beam", "-1"), ("--max-length", "1"), ("--temperature", "0"), ("--temperature", "-2"),
+               ("--top-k", "-1"), ("--length-penalty", "-1")]
+
+
+@pytest.mark.parametrize("option,value", CAPTION_BAD)
+def test_caption_option_out_of_range_is_a_usage_error(capsys, tmp_path, option, value):
+    code, _, err = cli(capsys, "caption", tmp_path / "x.jpg", "--run", tmp_path, option, value)
+    assert code == 2 and option in err
+
+
+@pytest.mark.parametrize("command,option,value", [
+    ("evaluate", "--limit", "0"), ("evaluate", "--limit", "-5"), ("evaluate", "--beam", "-2"),
+    ("extract-features", "--batch-size", "0"), ("extract-features", "--limit", "0"),
+    ("extract-features", "--workers", "-1")])
+def test_other_options_out_of_range_are_usage_errors(capsys, tmp_path, command, option, value):
+    args = (["evaluate", "--run", tmp_path, "--captions", tmp_path, "--features", tmp_path / "f.h5"]
+            if command == "evaluate" else ["extract-features", tmp_path, "--backbone", "resnet50"])
+    code, _, err = cli(capsys, *args, option, value)
+    assert code == 2 and option in err
+
+
+def test_top_k_larger_than_the_vocabulary_is_a_usage_error(base, capsys):
+    image = base["data"] / "Images" / FeatureStore.open(base["store"]).ids[0]
+    code, _, err = cli(capsys, "caption", image, "--run", base["run"], "--sample", "--top-k", "100000")
+    assert code == 2 and "--top-k" in err and "vocabulary size" in err
+
+
+def test_min_count_that_leaves_no_words_is_a_usage_error(base, capsys, tmp_path):
+    code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out",
+                       tmp_path / "run", "--min-count", "1000000", *TINY)
+    assert code == 2 and "--min-count" in err
+
+
+def test_attention_figure_for_a_pooled_run_is_a_usage_error_before_any_work(base, capsys, tmp_path):
+    code, out, err = cli(capsys, "caption", base["data"] / "Images" / "x.jpg", "--run", base["run"],
+                         "--attention-figure", tmp_path / "a.png")
+    assert code == 2 and "--attention-figure" in err and not out
+
+
+def test_deprecated_model_spelling_still_works_with_a_note(base, capsys):
+    image = base["data"] / "Images" / FeatureStore.open(base["store"]).ids[0]
+    code, out, err = cli(capsys, "caption", image, "--model", base["run"])
+    assert code == 0 and "deprecated" in err and "--run" in err and out.strip()
+
+
+# --- (4) nothing overwritten by surprise ----------------------------------------------------------
+def test_fit_refuses_a_folder_with_someone_elses_files(base, capsys, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": true}')
+    (out / "notes.txt").write_text("keep me")
+    before = digest(out)
+    code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out", out, *TINY)
+    assert code == 1 and "not empty" in err and "config.json" in err and digest(out) == before
+
+
+def test_fit_refuses_a_finished_run_and_points_to_resume(base, capsys):
+    before = digest(base["run"])
+    code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out",
+                       base["run"], *TINY)
+    assert code == 1 and "--resume" in err and digest(base["run"]) == before
+
+
+# --- (3) features must match the run ----------------------------------------------------------------
+def _other_store(base, tmp_path, **kw):
+    return extract_features(base["data"] / "Images", backbone="efficientnet_b0", out=tmp_path / "other.h5",
+                            show_progress=False, **{"weights": "none", **kw}).store.path
+
+
+@pytest.mark.parametrize("kw,field", [(dict(seed=1), "weights"), (dict(pooling="max"), "pooling")])
+def test_evaluate_refuses_features_of_another_network(base, capsys, tmp_path, kw, field):
+    other = _other_store(base, tmp_path, **kw)
+    code, _, err = cli(capsys, "evaluate", "--run", base["run"], "--captions", base["data"], "--features", other)
+    assert code == 1 and "made differently" in err and field in err and str(other) in err
+
+
+def test_resume_refuses_features_of_another_network_and_changes_nothing(base, capsys, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    before = digest(run)
+    other = _other_store(base, tmp_path, seed=3)
+    code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", other, "--out", run, "--resume",
+                       "--epochs", "3")
+    assert code == 1 and "made differently" in err and digest(run) == before
+
+
+def _copy_store(src, dst, features=None, drop_rows=0):
+    with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
+        g.attrs.update(dict(f.attrs))
+        x = f["features"][()] if features is None else features(f["features"][()])
+        g.create_dataset("features", data=x[: len(x) - drop_rows])
+        g.create_dataset("image_ids", data=f["image_ids"][()], dtype=h5py.string_dtype("utf-8"))
+    return dst
+
+
+def test_non_finite_features_are_refused_naming_images(base, capsys, tmp_path):
+    def poison(x):
+        x = x.copy()
+        x[:5, 0] = np.nan
+        return x
+    bad = _copy_store(base["store"], tmp_path / "nan.h5", poison)
+    code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", bad, "--out", tmp_path / "r", *TINY)
+    assert code == 1 and "non-finite" in err and "nan.h5" in err
+
+
+def test_store_with_fewer_rows_than_ids_is_refused(base, capsys, tmp_path):
+    bad = _copy_store(base["store"], tmp_path / "short.h5", drop_rows=3)
+    code, _, err = cli(capsys, "evaluate", "--run", base["run"], "--captions", base["data"], "--features", bad)
+    assert code == 1 and "feature rows" in err and "short.h5" in err
+
+
+def test_evaluate_notes_images_without_features(base, capsys, tmp_path):
+    test_images = set(pd.read_csv(base["data"] / "Flickr_8k.testImages.txt", header=None)[0])
+    store = FeatureStore.open(base["store"])
+    keep = [i for i in store.ids if i not in sorted(test_images)[:2]]
+    w = FeatureStoreWriter(tmp_path / "part.h5", store.attrs)
+    w.write_batch(keep, store[keep])
+    part = w.finalize(True).path
+    code, out, _ = cli(capsys, "evaluate", "--run", base["run"], "--captions", base["data"], "--features", part,
+                       "--out", tmp_path / "ev")
+    assert code == 0 and f"scored {len(test_images) - 2} of the {len(test_images)} test images" in out
+
+
+# --- (6) data that is quietly wrong -----------------------------------------------------------------
+def test_unbalanced_quote_in_csv_names_file_and_line(capsys, tmp_path):
+    lines = ["image,caption", "a.jpg,A dog runs", 'b.jpg,"A cat sits', "c.jpg,A bird flies", "d.jpg,Two men"]
+    (tmp_path / "captions.txt").write_text("\n".join(lines))
+    code, _, err = cli(capsys, "info", tmp_path)
+    assert code == 1 and "captions.txt, line 3" in err and "quote" in err
+
+
+def _flickr(tmp_path, captions, splits=None):
+    """A Flickr8k-layout folder with these (image, caption) pairs; all images in train unless told."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    token = "\n".join(f"{i}#{n}\t{c}" for n, (i, c) in enumerate(captions))
+    (tmp_path / "Flickr8k.token.txt").write_text(token)
+    splits = splits or {"train": sorted({i for i, _ in captions})}
+    for split, fname in (("train", "trainImages"), ("dev", "devImages"), ("test", "testImages")):
+        (tmp_path / f"Flickr_8k.{fname}.txt").write_text("\n".join(splits.get(split, [])))
+    return tmp_path
+
+
+def test_duplicates_and_split_names_without_captions_are_noted(capsys, tmp_path):
+    data = _flickr(tmp_path, [("a.jpg", "a dog"), ("a.jpg", "a dog"), ("b.jpg", "a cat")],
+                   {"train": ["a.jpg", "b.jpg", "ghost.jpg"]})
+    code, out, _ = cli(capsys, "info", data)
+    assert code == 0 and "1 duplicate captions" in out and "1 images named in the split lists have no caption" in out
+
+
+def test_karpathy_images_without_sentences_are_noted(capsys, tmp_path):
+    d = {"dataset": "x", "images": [{"filename": "a.jpg", "split": "train", "sentences": [{"raw": "a dog"}]},
+                                    {"filename": "b.jpg", "split": "train", "sentences": []}]}
+    (tmp_path / "dataset_x.json").write_text(json.dumps(d))
+    code, out, _ = cli(capsys, "info", tmp_path)
+    assert code == 0 and "1 images have no sentences" in out
+
+
+def _renamed_sample(base, tmp_path, edit):
+    """The sample data set with its caption file edited; the images and features stay the same."""
+    data = tmp_path / "data"
+    shutil.copytree(base["data"], data, ignore=shutil.ignore_patterns("Images"))
+    (data / "Images").symlink_to(base["data"] / "Images")
+    token = data / "Flickr8k.token.txt"
+    token.write_text("\n".join(edit(token.read_text().splitlines())))
+    return data
+
+
+def test_punctuation_only_captions_are_skipped_and_noted(base, capsys, tmp_path):
+    data = _renamed_sample(base, tmp_path, lambda lines: [line.split("\t")[0] + "\t?!." if n % 5 == 0 else line
+                                                          for n, line in enumerate(lines)])
+    code, out, _ = cli(capsys, "fit", "--captions", data, "--features", base["store"], "--out", tmp_path / "r", *TINY)
+    assert code == 0 and "have no words after cleaning" in out
+
+
+def test_a_data_set_with_no_usable_caption_does_not_train(base, capsys, tmp_path):
+    data = _renamed_sample(base, tmp_path, lambda lines: [line.split("\t")[0] + "\t..." for line in lines])
+    code, _, err = cli(capsys, "fit", "--captions", data, "--features", base["store"], "--out", tmp_path / "r", *TINY)
+    assert code == 1 and "no train caption has a word" in err and not (tmp_path / "r" / "model.keras").exists()
+
+
+def test_a_giant_caption_is_cut_at_the_length_percentile_with_a_note(base, capsys, tmp_path):
+    data = _renamed_sample(base, tmp_path, lambda lines: [lines[0].split("\t")[0] + "\t" + "dog " * 10_000]
+                           + lines[1:])
+    code, out, _ = cli(capsys, "fit", "--captions", data, "--features", base["store"], "--out", tmp_path / "r", *TINY)
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert code == 0 and config["decoder"]["max_length"] < 40 and "were cut" in out
+
+
+def test_a_single_train_image_gives_a_finite_loss(base, capsys, tmp_path):
+    train = pd.read_csv(base["data"] / "Flickr_8k.trainImages.txt", header=None)[0].tolist()
+    data = _renamed_sample(base, tmp_path, lambda lines: lines)
+    (data / "Flickr_8k.trainImages.txt").write_text(train[0])
+    code, out, _ = cli(capsys, "fit", "--captions", data, "--features", base["store"], "--out", tmp_path / "r", *TINY)
+    history = pd.read_csv(tmp_path / "r" / "history.csv")
+    assert code == 0 and history["val_loss"].max() < 50
+
+
+def test_image_list_names_outside_the_folder_are_refused(base, capsys, tmp_path):
+    (tmp_path / "list.txt").write_text("ok.jpg\n../../etc/passwd\n")
+    code, _, err = cli(capsys, "extract-features", base["data"] / "Images", "--backbone", "efficientnet_b0",
+                       "--weights", "none", "--image-list", tmp_path / "list.txt", "--out", tmp_path / "f.h5")
+    assert code == 1 and "list.txt, line 2" in err and "outside the images folder" in err
+
+
+# --- (7) messages, not tracebacks -------------------------------------------------------------------
+@pytest.mark.parametrize("name,content", [
+    ("captions_train2014.json", {"images": {"id": 1}, "annotations": []}),
+    ("captions_train2014.json", {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": ["a dog"]}),
+    ("dataset_x.json", {"images": [{"filename": "a.jpg", "split": "train", "sentences": ["a dog"]}]}),
+    ("dataset_x.json", {"images": "all of them"})])
+def test_wrong_json_types_name_the_file(capsys, tmp_path, name, content):
+    (tmp_path / name).write_text(json.dumps(content))
+    code, _, err = cli(capsys, "info", tmp_path)
+    assert code == 1 and name in err
+
+
+def _broken_run(base, tmp_path, edit):
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    edit(run)
+    return run
+
+
+@pytest.mark.parametrize("edit,says", [
+    (lambda r: (r / "config.json").write_text("{not json"), "config.json"),
+    (lambda r: (r / "config.json").write_text(json.dumps({**json.loads((r / "config.json").read_text()),
+                                                          "decoder": "merge"})), "config.json"),
+    (lambda r: (r / "config.json").write_text(json.dumps({k: v for k, v in json.loads(
+        (r / "config.json").read_text()).items() if k != "decoder"})), "config.json"),
+    (lambda r: (r / "vocab.json").unlink(), "vocab.json"),
+    (lambda r: (r / "model.keras").write_bytes(b"PK\x03\x04 truncated"), "model.keras"),
+    (lambda r: (r / "model.keras").unlink(), "model.keras")])
+def test_damaged_run_folders_are_explained(base, capsys, tmp_path, edit, says):
+    run = _broken_run(base, tmp_path, edit)
+    image = base["data"] / "Images" / FeatureStore.open(base["store"]).ids[0]
+    code, _, err = cli(capsys, "caption", image, "--run", run)
+    assert code == 1 and says in err
+
+
+def test_a_lambda_layer_is_refused_by_safe_mode(base, capsys, tmp_path):
+    def add_lambda(run):
+        inp = keras.Input((3,))
+        keras.Model(inp, keras.layers.Lambda(lambda x: x * 2)(inp)).save(run / "model.keras")
+    run = _broken_run(base, tmp_path, add_lambda)
+    code, _, err = cli(capsys, "caption", base["data"] / "Images" / "x.jpg", "--run", run)
+    assert code == 1 and "model.keras" in err and "safe mode" in err
+
+
+def test_output_paths_that_are_the_wrong_kind(base, capsys, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out",
+                       tmp_path / "afile", *TINY)
+    assert code == 1 and "afile" in err
+    code, _, err = cli(capsys, "extract-features", base["data"] / "Images", "--backbone", "efficientnet_b0",
+                       "--weights", "none", "--out", tmp_path, "--limit", "2", "--overwrite")
+    assert code == 1 and str(tmp_path) in err
+    code, _, err = cli(capsys, "evaluate", "--run", base["run"], "--captions", base["data"], "--features",
+                       base["store"], "--out", tmp_path / "afile" / "sub")
+    assert code == 1 and "afile" in err
+
+
+@pytest.mark.parametrize("args,says", [
+    (["caption", "x.jpg", "--run", "no/such/run"], "no/such/run"),
+    (["evaluate", "--run", "RUN", "--captions", "DATA", "--features", "no/such.h5"], "no/such.h5"),
+    (["fit", "--captions", "DATA", "--features", "no/such.h5", "--out", "NEW"], "no/such.h5"),
+    (["info", "no/such/data"], "no/such/data")])
+def test_missing_inputs_are_named(base, capsys, tmp_path, args, says):
+    subs = {"RUN": str(base["run"]), "DATA": str(base["data"]), "NEW": str(tmp_path / "new")}
+    code, _, err = cli(capsys, *[subs.get(a, a) for a in args])
+    assert code == 1 and says in err
+
+
+def test_a_full_disk_is_explained_and_the_store_is_not_damaged(base, capsys, tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root in a namespace that allows it)")
+    try:
+        code, _, err = cli(capsys, "extract-features", base["data"] / "Images", "--backbone", "efficientnet_b0",
+                           "--weights", "none", "--spatial", "--out", mount / "f.h5")
+        assert code == 1 and ("space" in err.lower()) and "f.h5" in err
+        if (mount / "f.h5").exists():  # what was merged before the disk filled is a readable store
+            FeatureStore.open(mount / "f.h5").close()
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+# --- (2) one writer at a time -------------------------------------------------------------------------
+def _extract_args(base, out, *extra):
+    return ["extract-features", base["data"] / "Images", "--backbone", "efficientnet_b0", "--weights", "none",
+            "--out", out, "--batch-size", "4", *extra]
+
+
+def test_two_extractions_at_once_one_refuses_naming_the_other(base, tmp_path):
+    out = tmp_path / "f.h5"
+    first = subprocess.Popen([sys.executable, "-m", "captioning", *map(str, _extract_args(base, out))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "f.h5.lock").exists():
+        time.sleep(0.05)
+    second = cli_process(*_extract_args(base, out))
+    _, err1 = first.communicate(timeout=240)
+    assert "Traceback" not in err1
+    if second.returncode == 1:  # it ran while the first held the lock
+        assert "being written by another extract-features" in second.stderr and f"process {first.pid}" in second.stderr
+    assert first.returncode == 0
+    store = FeatureStore.open(out)
+    assert sorted(store.ids) == sorted(FeatureStore.open(base["store"]).ids) and store.attrs["completed"]
+
+
+def test_a_merge_killed_before_clean_up_is_completed_by_the_next_run(base, capsys, tmp_path):
+    out = tmp_path / "f.h5"
+    src = FeatureStore.open(base["store"])
+    w = FeatureStoreWriter(out, src.attrs)
+    for i in range(0, len(src), 16):
+        w.write_batch(src.ids[i:i + 16], src.rows(np.arange(i, min(i + 16, len(src)))))
+    segments = tmp_path / "keep"
+    shutil.copytree(w.parts, segments)
+    w.finalize(True)
+    shutil.copytree(segments, w.parts)  # as if killed after the rename, before the segments were removed
+    code, out_text, _ = cli(capsys, *_extract_args(base, out))
+    store = FeatureStore.open(out)
+    assert code == 0 and len(store) == len(src) and len(set(store.ids)) == len(store.ids)
+    np.testing.assert_array_equal(store[src.ids], src[src.ids])
+
+
+def test_overwrite_recovers_a_damaged_store(base, capsys, tmp_path):
+    out = tmp_path / "f.h5"
+    out.write_bytes(b"\x89HDF\r\n garbage")
+    code, _, err = cli(capsys, *_extract_args(base, out, "--limit", "4"))
+    assert code == 1 and "f.h5" in err and "--overwrite" in err
+    code, _, _ = cli(capsys, *_extract_args(base, out, "--limit", "4", "--overwrite"))
+    assert code == 0 and len(FeatureStore.open(out)) == 4
+
+
+_SLOW_FIT = """
+import sys
+from captioning.training import FitOptions, fit
+fit(sys.argv[1], sys.argv[2], sys.argv[3], FitOptions(epochs=int(sys.argv[4]), batch_size=4, units=16, embed_dim=8,
+    patience=100, seed=3), verbose=0)
+"""
+
+
+def test_two_fits_on_one_folder_the_second_refuses(base, tmp_path):
+    run = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-c", _SLOW_FIT, str(base["data"]), str(base["store"]), str(run), "4"],
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints" / "state.json").exists():
+        time.sleep(0.05)
+    second = cli_process("fit", "--captions", base["data"], "--features", base["store"], "--out", run, "--resume",
+                         "--epochs", "6")
+    first.communicate(timeout=240)
+    assert first.returncode == 0
+    if second.returncode != 0:
+        assert second.returncode == 1 and "being written by another captioning fit" in second.stderr
+
+
+# --- (1) resume after kill -9 at random moments, in a new process ------------------------------------
+@pytest.fixture(scope="module")
+def uninterrupted(base, tmp_path_factory):
+    run = tmp_path_factory.mktemp("straight") / "run"
+    done = subprocess.run([sys.executable, "-c", _SLOW_FIT, str(base["data"]), str(base["store"]), str(run), "5"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_kill_at_a_random_moment_then_resume_equals_the_uninterrupted_run(base, uninterrupted, tmp_path, seed):
+    run = tmp_path / "run"
+    child = subprocess.Popen([sys.executable, "-c", _SLOW_FIT, str(base["data"]), str(base["store"]), str(run), "5"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints" / "state.json").exists():
+        time.sleep(0.02)
+    time.sleep(random.Random(seed).uniform(0.0, 3.0))  # anywhere: mid-epoch, mid-checkpoint, mid-export
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    done = cli_process("fit", "--captions", base["data"], "--features", base["store"], "--out", run, "--resume",
+                       "--epochs", "5")
+    assert done.returncode == 0, done.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(run / "history.csv"), pd.read_csv(uninterrupted / "history.csv"),
+                                  rtol=1e-4)
+    for a, b in zip(keras.saving.load_model(run / "model.keras").get_weights(),
+                    keras.saving.load_model(uninterrupted / "model.keras").get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert not list(run.rglob(".*tmp*")), "temporary files left behind"
+
+
+def test_resume_with_nothing_to_resume_explains(base, capsys, tmp_path):
+    (tmp_path / "run").mkdir()
+    code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out",
+                       tmp_path / "run", "--resume")
+    assert code == 1 and "nothing to resume" in err
+
+
+def test_a_half_written_checkpoint_from_a_kill_is_ignored(base, capsys, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    (run / "checkpoints" / ".last.tmp-99999.keras").write_bytes(b"PK\x03\x04 half")  # a kill during the write
+    code, out, _ = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out", run,
+                       "--resume", "--epochs", "3")
+    assert code == 0 and pd.read_csv(run / "history.csv")["epoch"].tolist() == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_extraction_killed_at_random_moments_resumes_to_the_same_store(base, tmp_path):
+    out = tmp_path / "f.h5"
+    for seed in range(3):
+        child = subprocess.Popen([sys.executable, "-m", "captioning", *map(str, _extract_args(base, out))],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(random.Random(seed).uniform(4.0, 9.0))
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert cli_process(*_extract_args(base, out)).returncode == 0
+    store, ref = FeatureStore.open(out), FeatureStore.open(base["store"])
+    assert sorted(store.ids) == sorted(ref.ids) and store.attrs["completed"]
+    np.testing.assert_allclose(store[ref.ids], ref[ref.ids], rtol=1e-5, atol=1e-6)
