@@ -59,7 +59,8 @@ def run_demo(out="demo", images: int = 300, backbone: str = "resnet50", epochs: 
     else:
         interrupted = (run_dir / "checkpoints" / "state.json").exists()  # a demo killed mid-training
         fitted = fit(data, extraction.store.path, run_dir,
-                     FitOptions(decoder="merge", epochs=epochs, batch_size=16, dropout=0.3, patience=5, seed=seed),
+                     FitOptions(decoder="merge", epochs=epochs, batch_size=16, embed_dim=256, units=256, dropout=0.3,
+                                min_count=1, patience=5, seed=seed),
                      resume=interrupted, verbose=1 if sys.stdout.isatty() else 2)
         print(fitted.summary())
 

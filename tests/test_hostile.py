@@ -187,6 +187,17 @@ def test_non_finite_features_are_refused_naming_images(base, capsys, tmp_path):
     assert code == 1 and "non-finite" in err and "nan.h5" in err
 
 
+def test_evaluate_refuses_non_finite_features(base, capsys, tmp_path):
+    def poison(x):
+        x = x.copy()
+        x[:, 1] = np.inf
+        return x
+    bad = _copy_store(base["store"], tmp_path / "inf.h5", poison)
+    code, _, err = cli(capsys, "evaluate", "--run", base["run"], "--captions", base["data"], "--features", bad,
+                       "--out", tmp_path / "ev")
+    assert code == 1 and "non-finite" in err and "inf.h5" in err and not (tmp_path / "ev").exists()
+
+
 def test_store_with_fewer_rows_than_ids_is_refused(base, capsys, tmp_path):
     bad = _copy_store(base["store"], tmp_path / "short.h5", drop_rows=3)
     code, _, err = cli(capsys, "evaluate", "--run", base["run"], "--captions", base["data"], "--features", bad)
@@ -367,7 +378,24 @@ def test_a_full_disk_is_explained_and_the_store_is_not_damaged(base, capsys, tmp
         if (mount / "f.h5").exists():  # what was merged before the disk filled is a readable store
             FeatureStore.open(mount / "f.h5").close()
     finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_read_only_output_folder_is_explained(base, capsys, tmp_path):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out",
+                           mount / "run", *TINY)
+        assert code == 1 and "ro/run" in err
+        code, _, err = cli(capsys, "evaluate", "--run", base["run"], "--captions", base["data"], "--features",
+                           base["store"], "--out", mount / "ev")
+        assert code == 1 and "ro/ev" in err
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 # --- (2) one writer at a time -------------------------------------------------------------------------

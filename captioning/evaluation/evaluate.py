@@ -8,6 +8,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from captioning import atomic
 from captioning.data import load_captions, tokenize
 from captioning.errors import CaptioningError
@@ -64,8 +66,14 @@ def evaluate(run_dir, captions, features, split: str = "test", strategy=None, fo
         missing = [i for i in asked if i not in store]
         notes.append(f"scored {len(images)} of the {len(asked)} {split} images: {len(missing)} have no features in "
                      f"{store.path} (e.g. {', '.join(missing[:3])}); scores cover only the rest.")
+    features = store[images]
+    bad = ~np.isfinite(features.reshape(len(images), -1)).all(axis=1)
+    if bad.any():
+        raise CaptioningError(f"{store.path}: non-finite feature values (NaN or inf) for {int(bad.sum())} {split} "
+                              f"images, e.g. {', '.join(np.asarray(images)[bad][:3])}; their captions would be "
+                              "meaningless. Re-extract them (extract-features --overwrite).")
     start = time.perf_counter()
-    generated = captioner.caption_features(store[images], strategy)
+    generated = captioner.caption_features(features, strategy)
     seconds = time.perf_counter() - start
     refs = [[tokenize(c, vocab.cleaning) for c in refs_raw[i]] for i in images]
     hyps = [g.words for g in generated]

@@ -34,16 +34,19 @@ MONITORS = ("val_loss", "val_bleu4")
 
 @dataclasses.dataclass
 class FitOptions:
-    decoder: str = "merge"
+    # Defaults tuned on Flickr8k dev with real ImageNet features (README, "Results on Flickr8k"):
+    # init-inject beat merge by 0.02 BLEU-4; 512-wide layers, 16 images per batch and words seen
+    # at least 5 times beat the tutorials' 256 / 64 / 1.
+    decoder: str = "init-inject"
     epochs: int = 20
-    batch_size: int = 64  # images per batch
-    embed_dim: int = 256
-    units: int = 256
+    batch_size: int = 16  # images per batch
+    embed_dim: int = 512
+    units: int = 512
     dropout: float = 0.5
     rnn: str = "lstm"
     bidirectional: bool = False
     learning_rate: float = 1e-3
-    min_count: int = 1
+    min_count: int = 5
     max_length_percentile: float | None = 99.9  # longer captions are cut (a stray 10,000-word line costs 36×)
     patience: int = 5
     seed: int = 0
