@@ -145,3 +145,11 @@ def test_compiled_top_k_step_equals_selecting_from_the_full_step(kind):
     np.testing.assert_array_equal(ids, expected)
     np.testing.assert_allclose(values, np.take_along_axis(full, expected, -1), rtol=1e-6)
     assert len(state) == len(steps.start(feats))
+
+
+def test_inference_never_imports_training():
+    code = ("import sys, captioning.inference, captioning.evaluation, captioning.run\n"
+            "bad = sorted(m for m in sys.modules if m.startswith('captioning.training'))\n"
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
