@@ -247,3 +247,13 @@ def test_captions_never_contain_padding_unknown_or_start_tokens():
         hyps = strategy(safe, np.arange(6), START, END, max_length=10)
         assert not any(set(t) & {0, 1, 2} for t in hyps.tokens)
     assert all(set(t) & {0, 1, 2} for t in Greedy()(steps, np.arange(6), START, END, 10).tokens)
+
+
+def test_beam_keeps_its_finished_alternatives_best_first():
+    steps = LowRankSteps(vocab_size=50, end_bias=2.0)
+    hyps = BeamSearch(4)(steps, np.arange(6), START, END, max_length=10)
+    for tokens, alts in zip(hyps.tokens, hyps.alternatives):
+        scores = [score for _, _, score in alts]
+        assert scores == sorted(scores, reverse=True)
+        if alts:
+            assert alts[0][0] == tokens and len(alts) >= 1

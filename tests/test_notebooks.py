@@ -15,9 +15,9 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("notebooks")  # shared: later notebooks reuse earlier features
 
 
-def test_there_are_four_notebooks_stored_without_outputs():
+def test_there_are_five_notebooks_stored_without_outputs():
     assert [p.name for p in NOTEBOOKS] == ["01_data.ipynb", "02_features.ipynb", "03_train.ipynb",
-                                           "04_inference.ipynb"]
+                                           "04_inference.ipynb", "05_your_photos.ipynb"]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), path.name

@@ -22,6 +22,7 @@ class Caption:
     log_prob: float  # sum of the log-probabilities of ``tokens``
     finished: bool  # reached the end token
     attention: np.ndarray | None = None  # (len(tokens), grid cells) for the attention decoder
+    alternatives: list = dataclasses.field(default_factory=list)  # beam: every finished (text, log p, score)
 
 
 @dataclasses.dataclass
@@ -32,6 +33,7 @@ class Hypotheses:
     log_probs: list
     finished: list
     extras: list = dataclasses.field(default_factory=list)  # per image, from StepModel.extras
+    alternatives: list = dataclasses.field(default_factory=list)  # beam: per image, [(tokens, log p, score)]
 
 
 class Sampler:
@@ -197,6 +199,7 @@ class _Finished:
     """The best finished caption of each image so far (only the best is ever returned)."""
 
     def __init__(self, n):
+        self.all = [[] for _ in range(n)]  # (score, tokens, log p) of every finished caption
         self.count = np.zeros(n, np.int64)
         self.score = np.full(n, -np.inf)
         self.tokens, self.log_prob, self.extra = [None] * n, np.zeros(n), [None] * n
@@ -206,6 +209,7 @@ class _Finished:
         np.add.at(self.count, images, 1)
         for j in np.argsort(-scores, kind="stable"):  # one entry per finished caption, not per candidate
             i = images[j]
+            self.all[i].append((float(scores[j]), seqs[j].tolist(), float(log_probs[j])))
             if scores[j] > self.score[i]:
                 self.score[i], self.tokens[i], self.log_prob[i] = scores[j], seqs[j].tolist(), log_probs[j]
                 self.extra[i] = None if extras is None else extras[j][: len(seqs[j])]
@@ -222,14 +226,17 @@ class _Finished:
 
     def hypotheses(self) -> Hypotheses:
         extras = [e for e in self.extra if e is not None]
+        alternatives = [[(t, lp, sc) for sc, t, lp in sorted(a, key=lambda f: -f[0])] for a in self.all]
         return Hypotheses(self.tokens, [float(x) for x in self.log_prob], [bool(f) for f in self.finished],
-                          extras if len(extras) == len(self.tokens) else [])
+                          extras if len(extras) == len(self.tokens) else [], alternatives)
 
 
 def to_captions(hyps: Hypotheses, vocab) -> list:
     caps = []
     extras = hyps.extras or [None] * len(hyps.tokens)
-    for toks, lp, fin, ex in zip(hyps.tokens, hyps.log_probs, hyps.finished, extras):
+    alternatives = hyps.alternatives or [[] for _ in hyps.tokens]
+    for toks, lp, fin, ex, alts in zip(hyps.tokens, hyps.log_probs, hyps.finished, extras, alternatives):
         words = vocab.decode(toks)
-        caps.append(Caption(list(toks), words, " ".join(words), float(lp), bool(fin), ex))
+        caps.append(Caption(list(toks), words, " ".join(words), float(lp), bool(fin), ex,
+                            [(" ".join(vocab.decode(t)), a_lp, score) for t, a_lp, score in alts]))
     return caps
