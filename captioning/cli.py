@@ -39,9 +39,26 @@ def _cmd_extract(a):
         a.images_dir, backbone=a.backbone, weights=a.weights, out=a.out, batch_size=a.batch_size,
         pooling="spatial" if a.spatial else a.pooling, dtype=a.dtype, captions=a.captions,
         image_list=a.image_list, limit=a.limit, overwrite=a.overwrite,
-        mixed_precision=a.mixed_precision, workers=a.workers, seed=a.seed)
+        mixed_precision=a.mixed_precision, workers=a.workers, seed=a.seed, shard=a.shard)
     print(result.summary())
     return EXIT_PARTIAL if (a.strict and result.failed) else EXIT_OK
+
+
+def _cmd_merge_features(a):
+    from captioning.features.store import merge_features
+    store, notes = merge_features(a.out, a.parts, overwrite=a.overwrite)
+    print(f"Merged {len(a.parts)} stores into {store.describe()}." + "".join(f"\n  note: {n}" for n in notes))
+    return EXIT_OK if store.attrs.get("completed") else EXIT_PARTIAL
+
+
+def _shard(text):
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N (e.g. 2/4)") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: K must be between 1 and N")
+    return k, n
 
 
 def _cmd_fit(a):
@@ -193,7 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="float16 compute on a GPU, bfloat16 on CPUs that have it (about 2x faster)")
     p.add_argument("--workers", type=_ranged(int, 0), default=0, help="decode threads (0: one per CPU)")
     p.add_argument("--seed", type=int, default=0, help="random init seed with --weights none")
+    p.add_argument("--shard", type=_shard, metavar="K/N", help="only every N-th image from the K-th: run N of these "
+                   "(on N GPUs or machines), then merge-features")
     p.set_defaults(func=_cmd_extract)
+
+    p = add("merge-features", help="join the stores of a sharded extraction (same network required)")
+    p.add_argument("out", metavar="OUT.h5")
+    p.add_argument("parts", nargs="+", metavar="PART.h5")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT.h5 if it was made differently")
+    p.set_defaults(func=_cmd_merge_features)
 
     p = add("fit", help="train a decoder on cached features into a run folder")
     p.add_argument("--captions", required=True, metavar="DATA")

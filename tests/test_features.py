@@ -190,3 +190,27 @@ def test_mixed_precision_matches_float32_and_leaves_the_global_policy(sample_dir
     monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2"})
     with pytest.raises(CaptioningError, match="needs a GPU, or a CPU with bfloat16"):
         extract_features(sample_dir / "Images", out=tmp_path / "no.h5", mixed_precision=True, **kw)
+
+
+def test_three_shards_merge_to_exactly_the_single_process_store(sample_dir, tmp_path, capsys):
+    whole = extract_features(sample_dir / "Images", backbone="efficientnet_b0", weights="none", out=tmp_path / "all.h5",
+                             show_progress=False).store
+    parts = []
+    for k in (1, 2, 3):
+        assert main(["extract-features", str(sample_dir / "Images"), "--backbone", "efficientnet_b0", "--weights",
+                     "none", "--shard", f"{k}/3", "--out", str(tmp_path / f"part{k}.h5")]) == 0
+        parts.append(str(tmp_path / f"part{k}.h5"))
+    sizes = [len(FeatureStore.open(p)) for p in parts]
+    assert sum(sizes) == len(whole) and max(sizes) - min(sizes) <= 1
+    assert main(["merge-features", str(tmp_path / "merged.h5"), *parts]) == 0
+    merged = FeatureStore.open(tmp_path / "merged.h5")
+    assert sorted(merged.ids) == sorted(whole.ids) and merged.attrs["completed"]
+    np.testing.assert_array_equal(merged[whole.ids], whole[whole.ids])
+    assert merged.spec.compatible_with(whole.spec)
+    # a missing shard is reported and the result marked incomplete; mixed networks are refused
+    assert main(["merge-features", str(tmp_path / "two.h5"), *parts[:2]]) == 3
+    assert "shards 3/3 are missing" in capsys.readouterr().out
+    other = extract_features(sample_dir / "Images", backbone="efficientnet_b0", weights="none", seed=9, limit=3,
+                             out=tmp_path / "other.h5", show_progress=False).store.path
+    assert main(["merge-features", str(tmp_path / "bad.h5"), parts[0], str(other)]) == 1
+    assert "made differently" in capsys.readouterr().err

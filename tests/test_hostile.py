@@ -95,7 +95,8 @@ def test_caption_option_out_of_range_is_a_usage_error(capsys, tmp_path, option, 
 @pytest.mark.parametrize("command,option,value", [
     ("evaluate", "--limit", "0"), ("evaluate", "--limit", "-5"), ("evaluate", "--beam", "-2"),
     ("extract-features", "--batch-size", "0"), ("extract-features", "--limit", "0"),
-    ("extract-features", "--workers", "-1")])
+    ("extract-features", "--workers", "-1"), ("extract-features", "--shard", "4/3"),
+    ("extract-features", "--shard", "half")])
 def test_other_options_out_of_range_are_usage_errors(capsys, tmp_path, command, option, value):
     args = (["evaluate", "--run", tmp_path, "--captions", tmp_path, "--features", tmp_path / "f.h5"]
             if command == "evaluate" else ["extract-features", tmp_path, "--backbone", "resnet50"])

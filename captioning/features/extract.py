@@ -17,7 +17,7 @@ import numpy as np
 
 from captioning import __version__
 from captioning.console import import_keras, progress
-from captioning.errors import CaptioningError
+from captioning.errors import CaptioningError, UsageError
 from captioning.features.backbones import (build_model, describe_weights, embed, get_backbone,
                                           mixed_precision_policy)
 from captioning.features.images import RESIZE, ImageError, load_image
@@ -65,10 +65,10 @@ def list_images(images_dir, captions=None, image_list=None) -> list[str]:
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def default_output(images_dir, backbone: str, pooling: str) -> Path:
+def default_output(images_dir, backbone: str, pooling: str, shard=None) -> Path:
     root = Path(images_dir).resolve()
     name = root.parent.name if root.name.lower() in ("images", "flicker8k_dataset", "flickr30k_images") else root.name
-    suffix = "_spatial" if pooling == "spatial" else ""
+    suffix = ("_spatial" if pooling == "spatial" else "") + (f"_shard{shard[0]}of{shard[1]}" if shard else "")
     return Path("features") / f"{name.lower()}_{backbone}{suffix}.h5"
 
 
@@ -91,9 +91,12 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
                      batch_size: int = 32, pooling: str = "avg", dtype: str = "float32", captions=None,
                      image_list=None, limit: int | None = None, overwrite: bool = False,
                      mixed_precision: bool = False, workers: int = 0, seed: int = 0,
-                     show_progress=None) -> ExtractionResult:
+                     shard: tuple[int, int] | None = None, show_progress=None) -> ExtractionResult:
     """Extract features for every image under ``images_dir`` (or those a data set captions) into
-    an HDF5 ``FeatureStore``; re-running with the same ``out`` resumes."""
+    an HDF5 ``FeatureStore``; re-running with the same ``out`` resumes.
+
+    ``shard=(k, n)`` takes every n-th image from the k-th (1-based) of the listed order: n processes
+    on n GPUs or machines each write their own store, and ``merge_features`` joins them."""
     bb = get_backbone(backbone)
     root = Path(images_dir)
     ids = list_images(root, captions, image_list)
@@ -101,7 +104,12 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
         ids = ids[:limit]
     if not ids:
         raise CaptioningError(f"{root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
-    out = Path(out) if out else default_output(root, bb.name, pooling)
+    if shard is not None:
+        k, n = shard
+        if not 1 <= k <= n:
+            raise UsageError(f"--shard {k}/{n}: K must be between 1 and N")
+        ids = ids[k - 1::n]
+    out = Path(out) if out else default_output(root, bb.name, pooling, shard)
     keras = import_keras()
     policy = mixed_precision_policy() if mixed_precision else "float32"
     attrs = {"backbone": bb.name, **describe_weights(weights, seed), "pooling": pooling,
@@ -109,7 +117,7 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
              "resize": RESIZE, "color": "RGB (alpha composited on white)", "dtype": dtype,
              "captioning_version": __version__, "keras_version": keras.__version__,
              "backend": keras.backend.backend(), "compute_dtype_policy": policy,
-             "images_root": str(root.resolve()),
+             "images_root": str(root.resolve()), "shard": f"{shard[0]}/{shard[1]}" if shard else "",
              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     # The output shape is part of the identity; it needs the model, which is built once here.
     model = build_model(bb, weights, pooling, seed, policy)
