@@ -503,6 +503,19 @@ def test_kill_at_a_random_moment_then_resume_equals_the_uninterrupted_run(base, 
     assert not list(run.rglob(".*tmp*")), "temporary files left behind"
 
 
+def test_resume_after_early_stopping_trains_no_further_epoch(base, capsys, tmp_path):
+    run = tmp_path / "run"
+    fit(base["data"], base["store"], run, FitOptions(epochs=60, batch_size=8, units=16, embed_dim=8, patience=1,
+                                                     learning_rate=0.05), verbose=0)
+    assert json.loads((run / "checkpoints" / "state.json").read_text())["stopped"]
+    history = pd.read_csv(run / "history.csv")
+    (run / "model.keras").unlink()  # as if killed while exporting
+    code, _, _ = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out", run, "--resume",
+                     "--epochs", "60")
+    assert code == 0 and (run / "model.keras").is_file()
+    pd.testing.assert_frame_equal(pd.read_csv(run / "history.csv"), history)
+
+
 def test_resume_with_nothing_to_resume_explains(base, capsys, tmp_path):
     (tmp_path / "run").mkdir()
     code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out",

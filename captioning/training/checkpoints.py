@@ -82,8 +82,6 @@ class RunCheckpoints(keras.callbacks.Callback):
                 setattr(self.early, k, self.state["early_stopping"][k])
             for k in _PLATEAU:
                 setattr(self.plateau, k, self.state["plateau"][k])
-            if self.state.get("stopped"):
-                self.model.stop_training = True
 
     def on_epoch_begin(self, epoch, logs=None):
         for s in self.seqs:  # the epoch number, not call count, decides the shuffle

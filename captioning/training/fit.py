@@ -278,6 +278,8 @@ def train(p: FitPlan, verbose="auto"):
     if o.monitor == "val_bleu4":
         from captioning.training.caption_score import CaptionScore
         score = [CaptionScore(p)]
+    if state and state.get("stopped"):  # early stopping had ended it; the kill came during the export
+        return model
     # shuffle=False: the Sequence reshuffles itself from (seed, epoch), which --resume can repeat;
     # Keras' own shuffle of a PyDataset's batch order draws from Python's global random state
     model.fit(seqs[0], validation_data=seqs[1], epochs=max(o.epochs, initial_epoch), initial_epoch=initial_epoch,
