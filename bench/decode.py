@@ -118,7 +118,8 @@ def main():
     runs = a.run or []
     if not runs:
         for decoder in ("merge", "init-inject"):
-            fit(data, store, tmp / decoder, FitOptions(decoder=decoder, epochs=a.epochs), verbose=0)
+            # min_count 1: every word of the captions (~7,300), the largest output layer users can get
+            fit(data, store, tmp / decoder, FitOptions(decoder=decoder, epochs=a.epochs, min_count=1), verbose=0)
             runs.append(tmp / decoder)
     st = FeatureStore.open(store)
     dev = [i for i in load_captions(data).images("dev") if i in st]
