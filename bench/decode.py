@@ -131,7 +131,7 @@ def main():
         cap, r, lengths, limit = measure(run, feats, a.notebook_images)
         print(f"\n{cap.decoder.type} decoder: vocabulary {len(cap.vocab)}, max length {cap.decoder.max_length}, "
               f"units {cap.decoder.units} ({run})")
-        print(f"| method | captions/s | mean words |\n|---|---|---|")
+        print("| method | captions/s | mean words |\n|---|---|---|")
         print(f"| (a) notebook beam k=3, predict per beam per step ({a.notebook_images} images) | {r['notebook']:.2f} | |")
         print(f"| (b) greedy | {r['greedy']:.0f} | {lengths['greedy']:.1f} |")
         print(f"| (c) beam k=3 | {r['beam3']:.0f} | {lengths['beam3']:.1f} |")

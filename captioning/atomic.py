@@ -31,3 +31,13 @@ def write_text(path, text: str) -> Path:
     with replacing(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def remove_leftovers(folder) -> list:
+    """Temporary files a killed writer left in ``folder``; call only while holding its writer lock."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp-*"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed

@@ -14,10 +14,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from captioning import atomic, decoders
+from captioning import atomic, decoders  # noqa: F401  (decoders: registers the custom layers)
 from captioning.console import import_keras
 from captioning.data import Vocabulary
-from captioning.data.text import CleaningOptions
 from captioning.decoders import DecoderConfig
 from captioning.errors import CaptioningError
 from captioning.features.spec import FeatureSpec
@@ -102,4 +101,4 @@ def save_model(model, path) -> Path:
     return Path(path)
 
 
-__all__ = ["Run", "FeatureSpec", "DecoderConfig", "CleaningOptions", "load_config", "load_model", "save_model"]
+__all__ = ["Run", "FeatureSpec", "DecoderConfig", "load_config", "load_model", "save_model"]

@@ -481,7 +481,7 @@ def uninterrupted(base, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])
 def test_kill_at_a_random_moment_then_resume_equals_the_uninterrupted_run(base, uninterrupted, tmp_path, seed):
     run = tmp_path / "run"
     child = subprocess.Popen([sys.executable, "-c", _SLOW_FIT, str(base["data"]), str(base["store"]), str(run), "5"],
@@ -530,6 +530,7 @@ def test_a_half_written_checkpoint_from_a_kill_is_ignored(base, capsys, tmp_path
     code, out, _ = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out", run,
                        "--resume", "--epochs", "3")
     assert code == 0 and pd.read_csv(run / "history.csv")["epoch"].tolist() == [0, 1, 2]
+    assert not (run / "checkpoints" / ".last.tmp-99999.keras").exists()  # the resumed run removed it
 
 
 @pytest.mark.slow

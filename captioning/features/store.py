@@ -197,6 +197,8 @@ class FeatureStoreWriter:
             self.path.unlink(missing_ok=True)
             shutil.rmtree(self.parts, ignore_errors=True)
         self.parts.mkdir(parents=True, exist_ok=True)
+        for leftover in self.parts.glob("seg-*.tmp"):  # a batch killed before its rename; we hold the lock
+            leftover.unlink(missing_ok=True)
         self._next = 1 + max((int(p.stem.split("-")[1]) for p in self._segments()), default=0)
         self.done = set(self._stored_ids())
 

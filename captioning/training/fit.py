@@ -258,6 +258,8 @@ def train(p: FitPlan, verbose="auto"):
     keras.utils.set_random_seed(p.options.seed)
     seqs = p.sequences()
     initial_epoch, state = 0, None
+    for folder in (p.out, p.checkpoints):  # a kill mid-write leaves a temporary file; fit holds the lock
+        atomic.remove_leftovers(folder)
     if p.resume:
         state = read_state(p.checkpoints)
         initial_epoch = state["epochs_done"]
