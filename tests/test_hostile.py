@@ -6,6 +6,7 @@ Families: (1) resume after kill -9, (2) one writer at a time, (3) features must 
 (7) messages, not tracebacks.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -366,37 +367,35 @@ def test_missing_inputs_are_named(base, capsys, tmp_path, args, says):
     assert code == 1 and says in err
 
 
-def test_a_full_disk_is_explained_and_the_store_is_not_damaged(base, capsys, tmp_path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root in a namespace that allows it)")
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str):
+    """A small real file system (full or read-only ones), unmounted afterwards; skipped where mounting is refused."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root in a namespace that allows it)")
     try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_a_full_disk_is_explained_and_the_store_is_not_damaged(base, capsys, tmp_path):
+    with tmpfs(tmp_path / "small", "size=256k") as mount:
         code, _, err = cli(capsys, "extract-features", base["data"] / "Images", "--backbone", "efficientnet_b0",
                            "--weights", "none", "--spatial", "--out", mount / "f.h5")
         assert code == 1 and ("space" in err.lower()) and "f.h5" in err
         if (mount / "f.h5").exists():  # what was merged before the disk filled is a readable store
             FeatureStore.open(mount / "f.h5").close()
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def test_a_read_only_output_folder_is_explained(base, capsys, tmp_path):
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a read-only tmpfs here")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as mount:
         code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out",
                            mount / "run", *TINY)
         assert code == 1 and "ro/run" in err
         code, _, err = cli(capsys, "evaluate", "--run", base["run"], "--captions", base["data"], "--features",
                            base["store"], "--out", mount / "ev")
         assert code == 1 and "ro/ev" in err
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 # --- (2) one writer at a time -------------------------------------------------------------------------
