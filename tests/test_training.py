@@ -243,3 +243,20 @@ def test_resume_after_killed_fit(learnable, tmp_path):
     assert result.epochs_run == done + 2 and (run / "model.keras").is_file()
     assert load_config(run)["training"]["units"] == 32
     assert float(history["learning_rate"].iloc[done]) <= lr_before + 1e-12
+
+
+def test_figures_leave_a_notebooks_plotting_backend_alone(tmp_path):
+    """Writing training curves or a caption grid must not switch pyplot's backend (it broke inline plots)."""
+    import matplotlib
+    from captioning.evaluation.figures import caption_grid
+    from captioning.training.curves import plot_history
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        plot_history([{"epoch": 0, "loss": 2.0, "val_loss": 2.5, "learning_rate": 1e-3},
+                      {"epoch": 1, "loss": 1.5, "val_loss": 2.2, "learning_rate": 1e-3}], tmp_path / "c.png")
+        caption_grid([(tmp_path / "missing.jpg", "a dog", ["a dog runs"])], tmp_path / "g.png")
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "g.png").stat().st_size > 1000
+    finally:
+        matplotlib.use(previous)

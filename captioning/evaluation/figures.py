@@ -8,14 +8,13 @@ from pathlib import Path
 
 def caption_grid(items, out_png, columns: int = 3, title: str | None = None) -> Path:
     """``items``: (image path, generated caption, [reference captions]) triples."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a notebook's inline backend stays as it was
     from PIL import Image
 
     items = list(items)
     rows = max(1, -(-len(items) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 5.2 * rows), dpi=110, squeeze=False)
+    fig = Figure(figsize=(4.2 * columns, 5.2 * rows), dpi=110)
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (path, generated, refs) in zip(axes.flat, items):
@@ -32,16 +31,13 @@ def caption_grid(items, out_png, columns: int = 3, title: str | None = None) -> 
         fig.suptitle(title, fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.97 if title else 1), h_pad=3.0)
     fig.savefig(out_png)
-    plt.close(fig)
     return Path(out_png)
 
 
 def attention_figure(image, caption, grid, out_png, columns: int = 5) -> Path:
     """One panel per generated word with its attention map upsampled over the image (as in the
     Show, Attend and Tell figures). ``caption``: a ``Caption`` with ``attention`` (words, H·W)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a notebook's inline backend stays as it was
     import numpy as np
     from PIL import Image
 
@@ -53,7 +49,8 @@ def attention_figure(image, caption, grid, out_png, columns: int = 5) -> Path:
     words = list(caption.words) + (["<end>"] if caption.finished else [])
     panels = 1 + len(words)
     rows = -(-panels // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), dpi=110, squeeze=False)
+    fig = Figure(figsize=(2.6 * columns, 2.8 * rows), dpi=110)
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     axes.flat[0].imshow(rgb)
@@ -67,5 +64,4 @@ def attention_figure(image, caption, grid, out_png, columns: int = 5) -> Path:
     fig.suptitle(caption.text, fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(out_png)
-    plt.close(fig)
     return Path(out_png)

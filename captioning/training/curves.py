@@ -7,12 +7,11 @@ from pathlib import Path
 
 def plot_history(rows: list, out_png, title: str = "Training curves") -> Path:
     """``rows``: one dict per epoch with ``epoch``, ``loss`` and optionally ``val_loss``, ``learning_rate``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a notebook's inline backend stays as it was
 
     epochs = [r["epoch"] + 1 for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    fig = Figure(figsize=(7, 4), dpi=120)
+    ax = fig.subplots()
     ax.plot(epochs, [r["loss"] for r in rows], "o-", label="training loss")
     if rows and "val_loss" in rows[0]:
         ax.plot(epochs, [r["val_loss"] for r in rows], "s-", label="validation loss")
@@ -29,5 +28,4 @@ def plot_history(rows: list, out_png, title: str = "Training curves") -> Path:
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(out_png, format="png")
-    plt.close(fig)
     return Path(out_png)
