@@ -68,9 +68,12 @@ def _cmd_fit(a):
                       min_count=a.min_count, max_length_percentile=a.max_length_percentile,
                       patience=a.patience, seed=a.seed, pairs=a.pairs, bidirectional=a.bidirectional,
                       on_missing=a.on_missing, attention_dim=a.attention_dim,
-                      doubly_stochastic=a.doubly_stochastic, monitor=a.monitor)
+                      doubly_stochastic=a.doubly_stochastic, monitor=a.monitor, distribute=a.distribute)
     result = fit(a.captions, a.features, a.out, opts, format=a.format, resume=a.resume,
                  verbose=1 if sys.stdout.isatty() else 2)
+    if result is None:
+        print(f"This worker's share of the training is done; the chief worker wrote the run folder {a.out}.")
+        return
     print(result.summary())
 
 
@@ -169,6 +172,7 @@ def _add_strategy_options(p):
 def build_parser() -> argparse.ArgumentParser:
     from captioning import decoders
     from captioning.data.formats import FORMATS
+    from captioning.training.distribute import CHOICES as DISTRIBUTE
     from captioning.training.fit import MONITORS, FitOptions
     d = FitOptions()
     parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -229,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", dest="decoder_deprecated", choices=decoders.names(), help=argparse.SUPPRESS)
     p.add_argument("--out", required=True, metavar="RUN_DIR")
     p.add_argument("--epochs", type=_ranged(int, 1), default=d.epochs, help="the most epochs (early stopping)")
-    p.add_argument("--batch-size", type=_ranged(int, 1), default=d.batch_size, help="images per batch")
+    p.add_argument("--batch-size", type=_ranged(int, 1), default=d.batch_size,
+                   help="images per batch on each device (a step takes batch size × devices)")
     p.add_argument("--embed-dim", type=_ranged(int, 1), default=d.embed_dim)
     p.add_argument("--units", type=_ranged(int, 1), default=d.units)
     p.add_argument("--dropout", type=_ranged(float, 0, 0.999999, what=" and < 1"), default=d.dropout)
@@ -252,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-missing", choices=["skip", "error"], default="skip",
                    help="captioned images absent from the feature store")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--distribute", choices=DISTRIBUTE, default=d.distribute,
+                   help="none: one device; mirrored: every GPU of this machine (or its logical CPUs; JAX: "
+                        "DataParallel over its devices); multi-worker: the machines in TF_CONFIG; auto: "
+                        "mirrored when there are several GPUs (multi-worker when TF_CONFIG is set)")
     p.set_defaults(func=_cmd_fit)
 
     p = add("caption", help="caption image files with a trained run folder")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from captioning.lock import WriterLock
 from captioning.run import Run, load_model, save_model
 from captioning.training.checkpoints import RunCheckpoints, history_rows, read_state
 from captioning.training.curves import plot_history
+from captioning.training.distribute import CHOICES as DISTRIBUTE, Placement, feed, place, prepare, release
 from captioning.training.sequences import CaptionSequence, EncodedCaptions, PairSequence
 
 keras = import_keras()
@@ -39,7 +42,7 @@ class FitOptions:
     # at least 5 times beat the tutorials' 256 / 64 / 1.
     decoder: str = "init-inject"
     epochs: int = 20
-    batch_size: int = 16  # images per batch
+    batch_size: int = 16  # images per batch on each replica (device); one step takes batch_size × replicas
     embed_dim: int = 512
     units: int = 512
     dropout: float = 0.5
@@ -55,6 +58,7 @@ class FitOptions:
     attention_dim: int = 256  # attention decoder only
     doubly_stochastic: float = 0.02  # attention decoder only: λ
     monitor: str = "val_loss"  # what early stopping and the best checkpoint follow: val_loss or val_bleu4
+    distribute: str = "auto"  # none, mirrored, multi-worker; auto: every GPU when there are several
     cleaning: dict = dataclasses.field(default_factory=dict)
 
     def validate(self) -> "FitOptions":
@@ -66,7 +70,8 @@ class FitOptions:
                    "--max-length-percentile", "in (0, 100]"),
                   (self.patience >= 1, "--patience", "at least 1"),
                   (self.on_missing in ("skip", "error"), "--on-missing", "skip or error"),
-                  (self.monitor in MONITORS, "--monitor", " or ".join(MONITORS))]
+                  (self.monitor in MONITORS, "--monitor", " or ".join(MONITORS)),
+                  (self.distribute in DISTRIBUTE, "--distribute", ", ".join(DISTRIBUTE))]
         for ok, name, allowed in checks:
             if not ok:
                 raise UsageError(f"{name} must be {allowed}; got {getattr(self, name[2:].replace('-', '_'))!r}")
@@ -84,10 +89,12 @@ class FitResult:
     train_images: int
     dev_images: int
     notes: list
+    placement: str = "one device"
 
     def summary(self) -> str:
         notes = "".join(f"\n  note: {n}" for n in self.notes)
-        return (f"Trained {self.epochs_run} epochs on {self.train_images} images (validated on "
+        where = "" if self.placement == "one device" else f" ({self.placement})"
+        return (f"Trained {self.epochs_run} epochs{where} on {self.train_images} images (validated on "
                 f"{self.dev_images}); best validation loss {self.best_val_loss:.3f} nats/word vs "
                 f"{self.unigram_val_loss:.3f} for a unigram baseline; vocabulary {self.vocab_size} "
                 f"tokens. Run folder {self.run_dir}: model.keras, vocab.json, config.json, "
@@ -108,6 +115,7 @@ class FitPlan:
     dev_references: dict  # dev image → its cleaned reference captions (token lists)
     resume: bool
     notes: list
+    placement: Placement = dataclasses.field(default_factory=lambda: Placement("none"))
 
     @property
     def fast(self) -> bool:
@@ -119,12 +127,13 @@ class FitPlan:
 
     def sequences(self):
         cfg = self.run.decoder
-        o = self.options
+        o, n = self.options, self.placement.replicas
         if self.fast:
-            return [CaptionSequence(e, self.store, o.batch_size, o.seed, shuffle=s,
+            return [CaptionSequence(e, self.store, o.batch_size * n, o.seed, shuffle=s, multiple_of=n,
                                     output_offset=cfg.decoder.output_offset)
                     for e, s in ((self.train, True), (self.dev, False))]
-        return [PairSequence(e, self.store, o.batch_size, o.seed, shuffle=s, fixed_length=cfg.max_length - 1)
+        return [PairSequence(e, self.store, o.batch_size * n, o.seed, shuffle=s, multiple_of=n,
+                             fixed_length=cfg.max_length - 1)
                 for e, s in ((self.train, True), (self.dev, False))]
 
 
@@ -185,8 +194,10 @@ def _check_out(out: Path, resume: bool) -> None:
                               f"it holds {what}, or choose a new folder. Nothing was changed.")
 
 
-def plan(captions, features, out, options: FitOptions = FitOptions(), format=None, resume: bool = False) -> FitPlan:
+def plan(captions, features, out, options: FitOptions = FitOptions(), format=None, resume: bool = False,
+         placement: Placement | None = None) -> FitPlan:
     out = Path(out)
+    placement = placement or Placement("none")
     _check_out(out, resume)
     notes = []
     saved = None
@@ -195,7 +206,7 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
         # The run's own settings win, except --epochs: the total number of epochs to reach.
         known = {f.name for f in dataclasses.fields(FitOptions)}
         options = dataclasses.replace(options, **{k: v for k, v in saved.training.items()
-                                                  if k in known and k not in ("epochs", "fast_path")})
+                                                  if k in known and k not in ("epochs", "distribute")})
     options.validate()
     dataset = load_captions(captions, format=format)
     store = FeatureStore.open(features)
@@ -236,15 +247,24 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
                     "train_images": int(train["image"].nunique()), "dev_images": int(dev["image"].nunique())},
               feature_store=str(Path(features).resolve()))
     run.training["fast_path"] = cfg.decoder.causal and not options.pairs
+    run.training.update(placement=placement.strategy, replicas=placement.replicas,
+                        global_batch_size=options.batch_size * placement.replicas)
     dev_refs = {}
     for image, caption in zip(dev["image"], dev["caption"]):
         dev_refs.setdefault(image, []).append(tokenize(caption, cleaning))
     return FitPlan(out, options, run, store, EncodedCaptions.from_table(train, vocab, max_length),
                    EncodedCaptions.from_table(dev, vocab, max_length),
-                   [store.index[i] for i in train["image"].unique()], dev_refs, resume, notes + dataset.notes)
+                   [store.index[i] for i in train["image"].unique()], dev_refs, resume, notes + dataset.notes,
+                   placement)
 
 
 def _new_model(p: FitPlan):
+    """Built and compiled in the placement's scope: mirrored variables under tf.distribute."""
+    with p.placement.scope():
+        return _compiled_model(p)
+
+
+def _compiled_model(p: FitPlan):
     model = decoders.build(p.run.decoder, sequences=p.fast)
     p.run.decoder.decoder.set_feature_statistics(model, *p.store.statistics(p.train_rows))
     model.compile(optimizer=keras.optimizers.Adam(p.options.learning_rate), loss=caption_loss(),
@@ -263,7 +283,8 @@ def train(p: FitPlan, verbose="auto"):
     if p.resume:
         state = read_state(p.checkpoints)
         initial_epoch = state["epochs_done"]
-        model = load_model(p.checkpoints / "last.keras", compile=True)
+        with p.placement.scope():
+            model = load_model(p.checkpoints / "last.keras", compile=True)
     else:
         p.out.mkdir(parents=True, exist_ok=True)
         model = _new_model(p)
@@ -282,9 +303,10 @@ def train(p: FitPlan, verbose="auto"):
         score = [CaptionScore(p)]
     if state and state.get("stopped"):  # early stopping had ended it; the kill came during the export
         return model
+    prepare(model, p.placement, seqs[0][0])
     # shuffle=False: the Sequence reshuffles itself from (seed, epoch), which --resume can repeat;
     # Keras' own shuffle of a PyDataset's batch order draws from Python's global random state
-    model.fit(seqs[0], validation_data=seqs[1], epochs=max(o.epochs, initial_epoch), initial_epoch=initial_epoch,
+    model.fit(feed(seqs[0], p.placement), validation_data=feed(seqs[1], p.placement), epochs=max(o.epochs, initial_epoch), initial_epoch=initial_epoch,
               callbacks=[*score, early, plateau, checkpoints], verbose=verbose, shuffle=False)
     return model
 
@@ -305,7 +327,7 @@ def export(p: FitPlan) -> FitResult:
         plot_history(rows, tmp, title=f"Training curves — {p.out.name}")
     best = min(r["val_loss"] for r in rows)  # reported as loss whatever the monitor
     result = FitResult(p.out, len(rows), best, unigram_loss(p.train, p.dev, len(p.run.vocab)), len(p.run.vocab),
-                       p.run.data["train_images"], p.run.data["dev_images"], p.notes)
+                       p.run.data["train_images"], p.run.data["dev_images"], p.notes, p.placement.describe())
     p.run.results = {"epochs_run": result.epochs_run, "best_val_loss": best, "unigram_val_loss": result.unigram_val_loss}
     p.run.save(p.out)
     return result
@@ -313,11 +335,37 @@ def export(p: FitPlan) -> FitResult:
 
 def fit(captions, features, out, options: FitOptions = FitOptions(), format=None, resume: bool = False,
         verbose="auto") -> FitResult:
-    """Train a decoder on the train split, validate on dev, write the run folder ``out``."""
-    with WriterLock(Path(out), "captioning fit"):  # checked again under the lock: a second fit refuses
-        p = plan(captions, features, out, options, format, resume)
-        train(p, verbose)
-        return export(p)
+    """Train a decoder on the train split, validate on dev, write the run folder ``out``.
+
+    With ``options.distribute`` the steps run on several devices or machines (see
+    ``captioning.training.distribute``); a multi-worker run's other workers return None."""
+    options.validate()
+    placement = place(options.distribute)  # before any model: tf.distribute needs it first
+    try:
+        if not placement.chief:
+            return _follow(placement, captions, features, Path(out), options, format, resume, verbose)
+        with WriterLock(Path(out), "captioning fit"):  # checked again under the lock: a second fit refuses
+            p = plan(captions, features, out, options, format, resume, placement)
+            train(p, verbose)
+            return export(p)
+    finally:
+        release(placement)
+
+
+def _follow(placement, captions, features, out: Path, options, format, resume, verbose) -> None:
+    """A multi-worker run's non-chief worker: the same steps in lockstep, its writes into a scratch folder
+    (the chief alone writes ``out``); resuming starts from a copy of the chief's last complete epoch."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"captioning-worker{placement.worker}-"))
+    try:
+        if resume:
+            _check_out(out, resume=True)
+            for name in ("config.json", "vocab.json", "history.csv"):
+                if (out / name).is_file():
+                    shutil.copy2(out / name, scratch / name)
+            shutil.copytree(out / "checkpoints", scratch / "checkpoints")
+        train(plan(captions, features, scratch, options, format, resume, placement), verbose)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 __all__ = ["FitOptions", "FitResult", "FitPlan", "plan", "train", "export", "fit", "unigram_loss"]

@@ -61,10 +61,10 @@ class _FeatureBatches(keras.utils.PyDataset):
     """Batches of caption indices, re-drawn every epoch from ``(seed, epoch)``."""
 
     def __init__(self, captions: EncodedCaptions, store, batch_size: int, seed: int = 0,
-                 shuffle: bool = True, **kwargs):
+                 shuffle: bool = True, multiple_of: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.captions, self.store, self.batch_size = captions, store, batch_size
-        self.seed, self.shuffle = seed, shuffle
+        self.seed, self.shuffle, self.multiple_of = seed, shuffle, multiple_of
         self.row_of_caption = np.array([store.index[i] for i in captions.images], dtype=np.int64)
         self.set_epoch(0)
 
@@ -84,6 +84,14 @@ class _FeatureBatches(keras.utils.PyDataset):
 
     def features(self, caption_indices) -> np.ndarray:
         return self.store.rows(self.row_of_caption[caption_indices]).astype(np.float32, copy=False)
+
+    def padded(self, *arrays):
+        """Rows of zeros (weight 0) up to a multiple of ``multiple_of``: a batch sharded over that
+        many devices (JAX's DataParallel) must split evenly; the extra rows add nothing to the loss."""
+        extra = -len(arrays[0]) % self.multiple_of
+        if not extra:
+            return arrays
+        return tuple(np.concatenate([a, np.zeros((extra, *a.shape[1:]), a.dtype)]) for a in arrays)
 
 
 def _shuffled(items, rng) -> list:
@@ -141,7 +149,8 @@ class CaptionSequence(_FeatureBatches):
         seqs = [self.captions.ids[c] for c in cs]
         inputs = pad([s[:-1] for s in seqs], length)
         targets = pad([s[1:] for s in seqs], length + self.output_offset, self.output_offset)
-        return (self.features(cs), inputs), targets, (targets != 0).astype(np.float32)
+        features, inputs, targets = self.padded(self.features(cs), inputs, targets)
+        return (features, inputs), targets, (targets != 0).astype(np.float32)
 
 
 class PairSequence(_FeatureBatches):
@@ -174,4 +183,9 @@ class PairSequence(_FeatureBatches):
         pairs = self.batch_pairs(index)
         prefixes = pad([self.captions.ids[c][:t] for c, t in pairs], self.fixed_length)
         targets = np.array([self.captions.ids[c][t] for c, t in pairs], dtype=np.int32)
-        return (self.features([c for c, _ in pairs]), prefixes), targets
+        features = self.features([c for c, _ in pairs])
+        if self.multiple_of == 1:  # the textbook form: (features, prefix) → next word
+            return (features, prefixes), targets
+        features, prefixes, weights, targets = self.padded(features, prefixes, np.ones(len(targets), np.float32),
+                                                           targets)
+        return (features, prefixes), targets, weights

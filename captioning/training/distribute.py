@@ -1,0 +1,155 @@
+"""Where ``fit`` trains: one device, several devices of one machine, or several machines.
+
+Rides on the engines the backends already have: under TensorFlow a ``tf.distribute`` strategy
+(``MirroredStrategy`` over this machine's GPUs — or its logical CPUs —, ``MultiWorkerMirrored``
+across machines described by ``TF_CONFIG``); under JAX ``keras.distribution.DataParallel`` over
+every local device. In every case ``--batch-size`` is per replica and one step consumes
+``batch_size × replicas`` images; the learning rate is not scaled (Adam's steps do not grow
+with the batch; pass ``--learning-rate`` to change it). Only the chief writes the run folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+
+from captioning.console import import_keras
+from captioning.errors import UsageError
+
+CHOICES = ("auto", "none", "mirrored", "multi-worker")
+
+
+@dataclasses.dataclass
+class Placement:
+    strategy: str  # what runs: none, mirrored, multi-worker, data-parallel
+    replicas: int = 1
+    chief: bool = True
+    worker: int = 0
+    _tf_strategy: object = None
+
+    def scope(self):
+        """Variables (model, optimizer) must be created inside it."""
+        return self._tf_strategy.scope() if self._tf_strategy is not None else contextlib.nullcontext()
+
+    def describe(self) -> str:
+        if self.strategy == "none":
+            return "one device"
+        where = f"worker {self.worker}{' (chief)' if self.chief else ''}, " if self.strategy == "multi-worker" else ""
+        return f"{self.strategy}: {where}{self.replicas} replicas in sync"
+
+
+def _task() -> tuple[str, int, dict]:
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw:
+        raise UsageError("--distribute multi-worker needs the TF_CONFIG environment variable (the cluster's "
+                         "addresses and this worker's index); see README, \"Bigger data and more devices\".")
+    try:
+        config = json.loads(raw)
+        task = config["task"]
+        return str(task["type"]), int(task["index"]), dict(config["cluster"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"TF_CONFIG is not a valid cluster description ({e}): it needs "
+                         "{\"cluster\": {\"worker\": [\"host:port\", ...]}, \"task\": {\"type\": \"worker\", "
+                         "\"index\": 0}}.") from None
+
+
+def place(name: str = "auto") -> Placement:
+    """Choose (``auto``) or set up the placement ``name``; call before any model is built."""
+    if name not in CHOICES:
+        raise UsageError(f"--distribute must be one of {', '.join(CHOICES)}; got {name!r}")
+    if name == "none":
+        return Placement("none")
+    backend = import_keras().backend.backend()
+    if backend == "tensorflow":
+        return _tensorflow(name)
+    if backend == "jax":
+        return _jax(name)
+    if name == "auto":
+        return Placement("none")
+    raise UsageError(f"--distribute {name} needs the TensorFlow or JAX backend (this is {backend}).")
+
+
+def _tensorflow(name: str) -> Placement:
+    import tensorflow as tf
+    if name == "multi-worker" or (name == "auto" and os.environ.get("TF_CONFIG")):
+        kind, index, cluster = _task()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
+        return Placement("multi-worker", strategy.num_replicas_in_sync, chief, index, strategy)
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    if name == "auto" and len(gpus) < 2:
+        return Placement("none")
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+    return Placement("mirrored", strategy.num_replicas_in_sync, _tf_strategy=strategy)
+
+
+def _jax(name: str) -> Placement:
+    keras = import_keras()
+    if name == "multi-worker":
+        raise UsageError("--distribute multi-worker uses TF_CONFIG and needs the TensorFlow backend; under JAX "
+                         "use --distribute mirrored (keras.distribution.DataParallel over this machine's devices).")
+    devices = keras.distribution.list_devices()
+    accelerators = [d for d in devices if not d.lower().startswith("cpu")]
+    if name == "auto" and len(accelerators) < 2:
+        return Placement("none")
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    return Placement("data-parallel", len(devices))
+
+
+def release(placement: Placement) -> None:
+    """Undo a JAX distribution, so that later models in this process are placed normally again."""
+    if placement.strategy == "data-parallel":
+        import_keras().distribution.set_distribution(None)
+
+
+def prepare(model, placement: Placement, batch) -> None:
+    """Work around two Keras 3 bugs under MultiWorkerMirroredStrategy (keras-team/keras#20585):
+    ``fit`` first averages a distributed data batch eagerly to build the optimizer and metrics,
+    and it averages each step's scalar logs over a batch axis they do not have; both raise.
+    Here the optimizer and metrics are built from one local batch inside the strategy's scope
+    (leaving that first step nothing to do), and the logs are averaged over the workers."""
+    if placement.strategy != "multi-worker":
+        return
+    with placement.scope():
+        model._symbolic_build(data_batch=batch)
+    model._maybe_symbolic_build = lambda *args, **kwargs: None
+    _patch_log_reduction()
+
+
+def _patch_log_reduction():
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+    if getattr(tf_trainer.reduce_per_replica, "captioning_patch", False):
+        return
+    import tensorflow as tf
+    original = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.captioning_patch = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+def feed(seq, placement: Placement):
+    """What ``fit`` reads: the Sequence itself, or under multi-worker a ``tf.data`` view of it with
+    DATA sharding: every worker reads the same global batches and keeps its replicas' slices of
+    each, as one machine with that many devices would (Keras' own conversion of a PyDataset
+    shards differently: its results drifted from the one-device run's)."""
+    if placement.strategy != "multi-worker":
+        return seq
+    import tensorflow as tf
+
+    def spec(a):
+        return tf.TensorSpec((None,) * a.ndim, tf.as_dtype(a.dtype))
+
+    signature = tf.nest.map_structure(spec, seq[0])
+    dataset = tf.data.Dataset.from_generator(lambda: (seq[i] for i in range(len(seq))),
+                                             output_signature=signature)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)

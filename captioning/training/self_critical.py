@@ -1,0 +1,91 @@
+"""Self-critical sequence training (Rennie et al. 2017): fine-tune on CIDEr-D itself.
+
+Cross-entropy teaches the next word of a reference; the captions are then judged as wholes by
+CIDEr. After the cross-entropy epochs, each train image gets ``samples`` captions drawn from the
+model; each is rewarded by its CIDEr-D against that image's references (document frequencies
+from all train references), minus the mean reward of the image's other samples (the baseline of
+Luo 2020, which needs no greedy pass). The gradient of Σ advantage · log p(sampled words) is an
+ordinary weighted cross-entropy on the sampled words, so the update is Keras' own
+``train_on_batch`` with the advantages as sample weights — any backend, any decoder that has a
+step model. Dropout is off here: the gradient is that of the very policy that sampled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from captioning import decoders
+from captioning.console import import_keras
+from captioning.decoders.steps import WithoutTokens
+from captioning.evaluation.cider import CiderD
+from captioning.inference.search import RandomSampler
+from captioning.training.sequences import pad
+
+keras = import_keras()
+
+
+@dataclasses.dataclass
+class SelfCritical:
+    """One fine-tuning session over a trained teacher-forced model's weights."""
+
+    cfg: object  # DecoderConfig
+    vocab: object
+    store: object
+    train: object  # EncodedCaptions
+    learning_rate: float = 5e-5
+    samples: int = 5
+    images_per_batch: int = 32
+    seed: int = 0
+
+    def __post_init__(self):
+        cfg = dataclasses.replace(self.cfg, dropout=0.0)
+        self.policy = decoders.build(cfg, sequences=True)
+        self.next_word = decoders.build(cfg, sequences=False)
+        v = self.vocab
+        self.steps = WithoutTokens(decoders.step_model(self.next_word, cfg), [v.pad_id, v.unk_id, v.start_id])
+        self.policy.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
+                            loss=keras.losses.SparseCategoricalCrossentropy(reduction="sum"))
+        refs = {}
+        for image, ids in zip(self.train.images, self.train.ids):
+            refs.setdefault(image, []).append(tuple(int(i) for i in ids[1:-1]))
+        self.images = sorted(refs)
+        self.rows = np.array([self.store.index[i] for i in self.images], np.int64)
+        self.cider = CiderD(refs)
+        self.offset = self.cfg.decoder.output_offset
+
+    def load_weights(self, weights):
+        self.policy.set_weights(weights)
+
+    def epoch(self, epoch: int, progress=None) -> dict:
+        """One pass over the train images; returns the mean reward of the samples."""
+        rng = np.random.default_rng([self.seed, 7919, epoch])
+        order = rng.permutation(len(self.images))
+        rewards = []
+        for b, start in enumerate(range(0, len(order), self.images_per_batch)):
+            chosen = order[start:start + self.images_per_batch]
+            rewards.append(self.update(chosen, seed=[self.seed, epoch, b]))
+            if progress:
+                progress(b + 1, float(np.mean(rewards)))
+        return {"reward": float(np.mean(rewards))}
+
+    def update(self, chosen, seed) -> float:
+        n = self.samples
+        self.next_word.set_weights(self.policy.get_weights())
+        features = np.repeat(self.store.rows(self.rows[chosen]).astype(np.float32), n, axis=0)
+        v, max_length = self.vocab, self.cfg.max_length
+        sampler = RandomSampler(seed=int(np.random.default_rng(seed).integers(2**31)))
+        hyps = sampler(self.steps, features, v.start_id, v.end_id, max_length)
+        images = [self.images[i] for i in np.repeat(chosen, n)]
+        words = [t[:-1] if f else t for t, f in zip(hyps.tokens, hyps.finished)]
+        reward = self.cider.scores(images, [tuple(w) for w in words]).reshape(-1, n)
+        baseline = (reward.sum(axis=1, keepdims=True) - reward) / (n - 1)
+        advantage = (reward - baseline).reshape(-1)
+        seqs = [np.array([v.start_id, *t], np.int32) for t in hyps.tokens]
+        length = max_length - 1
+        inputs = pad([s[:-1] for s in seqs], length)
+        targets = pad([s[1:] for s in seqs], length + self.offset, self.offset)
+        weights = (targets != 0) * (advantage[:, None] / len(seqs))
+        self.policy.train_on_batch([features, inputs], targets, sample_weight=weights.astype(np.float32))
+        return float(reward.mean())
