@@ -39,7 +39,8 @@ def _cmd_extract(a):
         a.images_dir, backbone=a.backbone, weights=a.weights, out=a.out, batch_size=a.batch_size,
         pooling="spatial" if a.spatial else a.pooling, dtype=a.dtype, captions=a.captions,
         image_list=a.image_list, limit=a.limit, overwrite=a.overwrite,
-        mixed_precision=a.mixed_precision, workers=a.workers, seed=a.seed, shard=a.shard)
+        mixed_precision=a.mixed_precision, workers=a.workers, seed=a.seed, shard=a.shard,
+        distribute=a.distribute)
     print(result.summary())
     return EXIT_PARTIAL if (a.strict and result.failed) else EXIT_OK
 
@@ -172,7 +173,7 @@ def _add_strategy_options(p):
 def build_parser() -> argparse.ArgumentParser:
     from captioning import decoders
     from captioning.data.formats import FORMATS
-    from captioning.training.distribute import CHOICES as DISTRIBUTE
+    from captioning.distribute import CHOICES as DISTRIBUTE
     from captioning.training.fit import MONITORS, FitOptions
     d = FitOptions()
     parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -216,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random init seed with --weights none")
     p.add_argument("--shard", type=_shard, metavar="K/N", help="only every N-th image from the K-th: run N of these "
                    "(on N GPUs or machines), then merge-features")
+    p.add_argument("--distribute", choices=("auto", "none", "mirrored"), default="auto",
+                   help="split each batch over this machine's devices: mirrored: every GPU (or logical CPU; "
+                        "JAX: every device); auto: mirrored when there are several GPUs")
     p.set_defaults(func=_cmd_extract)
 
     p = add("merge-features", help="join the stores of a sharded extraction (same network required)")

@@ -2,7 +2,7 @@
 
 Each run is `captioning fit` in a fresh process: on one device; mirrored over two logical CPU
 devices; two local worker processes under MultiWorkerMirroredStrategy (TF_CONFIG on 127.0.0.1);
-JAX's DataParallel over two host devices. With the same global batch (8 images) and seed, the
+JAX's DataParallel over two host devices; and extraction split over two devices. With the same global batch (8 images) and seed, the
 validation losses of every epoch agree with the one-device run to within 0.5 %: each replica
 averages the loss over its own words and Keras averages the replicas, which differs from the
 mean over all words of the batch only when replicas hold different numbers of words (dropout is
@@ -16,11 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from captioning.distribute import place
 from captioning.errors import UsageError
+from captioning.features import FeatureStore
 from captioning.training.checkpoints import history_rows
-from captioning.training.distribute import place
 
 _FIT = r"""
 import os, sys
@@ -33,6 +35,7 @@ from captioning.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 TOLERANCE = 5e-3
+BACKBONE = "efficientnet_b0"
 
 
 def fit_process(data, features, out, distribute, batch, env=None, cpus=1):
@@ -134,3 +137,25 @@ def test_auto_and_none_stay_on_one_device_here(monkeypatch):
     assert place("auto").strategy == place("none").strategy == "none"
     with pytest.raises(UsageError, match="--distribute"):
         place("everywhere")
+
+
+def _extract(images, out, distribute, env=None, cpus=1):
+    args = ["extract-features", images, "--backbone", BACKBONE, "--weights", "none", "--out", out,
+            "--batch-size", "5", "--limit", "12", "--distribute", distribute]
+    env = {**os.environ, "CAPTIONING_TEST_CPUS": str(cpus), **(env or {})}
+    return subprocess.Popen([sys.executable, "-c", _FIT, *map(str, args)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_extraction_split_over_two_devices_matches_one(sample_dir, tmp_path, backend):
+    """One process, two devices: each batch (5 images, padded to split evenly) is split between them."""
+    if backend == "jax":
+        pytest.importorskip("jax")
+    env = {"KERAS_BACKEND": backend, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    finished(_extract(sample_dir / "Images", tmp_path / "one.h5", "none", env))
+    assert "2 replicas in sync" in finished(_extract(sample_dir / "Images", tmp_path / "two.h5", "mirrored", env,
+                                                      cpus=2))
+    one, two = FeatureStore.open(tmp_path / "one.h5"), FeatureStore.open(tmp_path / "two.h5")
+    assert one.ids == two.ids and len(one.ids) == 12
+    np.testing.assert_allclose(two.rows(range(12)), one.rows(range(12)), rtol=1e-4, atol=1e-5)

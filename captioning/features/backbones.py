@@ -169,12 +169,19 @@ def _build_model(keras, backbone, weights, pooling, seed):
     return model
 
 
-def embed(model, backbone: Backbone, arrays, pooling: str, batch_size: int | None = None) -> np.ndarray:
+def embed(model, backbone: Backbone, arrays, pooling: str, batch_size: int | None = None,
+          replicas: int = 1) -> np.ndarray:
     """Features of decoded uint8 RGB images, exactly as stored: (n, D) or (n, H·W, C) for spatial.
 
-    ``batch_size`` pads the batch to a fixed shape so the compiled model is never retraced."""
+    ``batch_size`` pads the batch to a fixed shape so the compiled model is never retraced. With
+    several ``replicas`` (a model built in a distribution's scope) the batch, padded to split evenly,
+    goes through ``predict``, which hands each device its slice."""
     n = len(arrays)
-    x = np.zeros((max(n, batch_size or 0), backbone.input_size, backbone.input_size, 3), np.float32)
+    rows = max(n, batch_size or 0)
+    rows += -rows % replicas
+    x = np.zeros((rows, backbone.input_size, backbone.input_size, 3), np.float32)
     x[:n] = np.stack(arrays)
-    y = np.asarray(model.predict_on_batch(backbone.preprocess(x)))[:n].astype(np.float32)
+    x = backbone.preprocess(x)
+    y = model.predict(x, batch_size=rows, verbose=0) if replicas > 1 else model.predict_on_batch(x)
+    y = np.asarray(y)[:n].astype(np.float32)
     return y.reshape(n, -1, y.shape[-1]) if pooling == "spatial" else y.reshape(n, -1)

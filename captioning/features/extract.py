@@ -22,6 +22,7 @@ from captioning.features.backbones import (build_model, describe_weights, embed,
                                           mixed_precision_policy)
 from captioning.features.images import RESIZE, ImageError, load_image
 from captioning.features.store import FeatureStore, FeatureStoreWriter
+from captioning.distribute import place, release
 from captioning.data.formats import IMAGE_SUFFIXES
 
 
@@ -32,11 +33,13 @@ class ExtractionResult:
     skipped: int
     failed: list  # (image id, reason) from this run
     seconds: float
+    placement: str = "one device"
 
     def summary(self) -> str:
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        where = "" if self.placement == "one device" else f", {self.placement}"
         lines = [f"Wrote {self.written} feature vectors to {self.store.path} in {self.seconds:.1f} s "
-                 f"({rate:.1f} images/s); {self.skipped} already there were kept; {len(self.failed)} "
+                 f"({rate:.1f} images/s{where}); {self.skipped} already there were kept; {len(self.failed)} "
                  f"failed. The store now holds {len(self.store)} images: {self.store.describe()}."]
         for image_id, reason in self.failed[:10]:
             lines.append(f"  failed: {image_id}: {reason}")
@@ -91,12 +94,15 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
                      batch_size: int = 32, pooling: str = "avg", dtype: str = "float32", captions=None,
                      image_list=None, limit: int | None = None, overwrite: bool = False,
                      mixed_precision: bool = False, workers: int = 0, seed: int = 0,
-                     shard: tuple[int, int] | None = None, show_progress=None) -> ExtractionResult:
+                     shard: tuple[int, int] | None = None, show_progress=None,
+                     distribute: str = "auto") -> ExtractionResult:
     """Extract features for every image under ``images_dir`` (or those a data set captions) into
     an HDF5 ``FeatureStore``; re-running with the same ``out`` resumes.
 
     ``shard=(k, n)`` takes every n-th image from the k-th (1-based) of the listed order: n processes
-    on n GPUs or machines each write their own store, and ``merge_features`` joins them."""
+    on n GPUs or machines each write their own store, and ``merge_features`` joins them.
+    ``distribute`` splits each batch over this machine's devices (``auto``: every GPU when there
+    are several; ``mirrored``; ``none``), as ``fit --distribute`` does."""
     bb = get_backbone(backbone)
     root = Path(images_dir)
     ids = list_images(root, captions, image_list)
@@ -120,7 +126,12 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
              "images_root": str(root.resolve()), "shard": f"{shard[0]}/{shard[1]}" if shard else "",
              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     # The output shape is part of the identity; it needs the model, which is built once here.
-    model = build_model(bb, weights, pooling, seed, policy)
+    if distribute == "multi-worker":
+        raise UsageError("extract-features has no --distribute multi-worker: run one process per machine with "
+                         "--shard K/N, then captioning merge-features.")
+    placement = place(distribute)
+    with placement.scope():
+        model = build_model(bb, weights, pooling, seed, policy)
     shape = tuple(int(d) for d in model.output.shape[1:])
     attrs["feature_shape"] = [shape[0] * shape[1], shape[2]] if pooling == "spatial" else list(shape)
     if pooling == "spatial":
@@ -147,7 +158,7 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
                            if k + 1 < len(batches) else None)
                 feats = np.zeros((0, *attrs["feature_shape"]), dtype)
                 if arrays:
-                    feats = embed(model, bb, arrays, pooling, batch_size).astype(dtype)
+                    feats = embed(model, bb, arrays, pooling, batch_size, placement.replicas).astype(dtype)
                 writer.write_batch(ok_ids, feats, failed)
                 written += len(ok_ids)
                 failed_all += failed
@@ -157,4 +168,5 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
         bar.close()
         # Also on Ctrl-C or an error: merge what was done so nothing finished is lost.
         store = writer.finalize(completed=completed)  # every listed image stored or recorded as failed
-    return ExtractionResult(store, written, skipped, failed_all, time.perf_counter() - start)
+        release(placement)
+    return ExtractionResult(store, written, skipped, failed_all, time.perf_counter() - start, placement.describe())

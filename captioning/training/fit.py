@@ -26,7 +26,7 @@ from captioning.lock import WriterLock
 from captioning.run import Run, load_model, save_model
 from captioning.training.checkpoints import RunCheckpoints, history_rows, read_state
 from captioning.training.curves import plot_history
-from captioning.training.distribute import CHOICES as DISTRIBUTE, Placement, feed, place, prepare, release
+from captioning.distribute import CHOICES as DISTRIBUTE, Placement, feed, place, prepare, release
 from captioning.training.sequences import CaptionSequence, EncodedCaptions, PairSequence
 
 keras = import_keras()

@@ -1,4 +1,5 @@
-"""Where ``fit`` trains: one device, several devices of one machine, or several machines.
+"""Where ``fit`` trains (and ``extract-features`` embeds): one device, several devices of one machine,
+or several machines.
 
 Rides on the engines the backends already have: under TensorFlow a ``tf.distribute`` strategy
 (``MirroredStrategy`` over this machine's GPUs — or its logical CPUs —, ``MultiWorkerMirrored``
