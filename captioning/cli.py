@@ -69,7 +69,9 @@ def _cmd_fit(a):
                       min_count=a.min_count, max_length_percentile=a.max_length_percentile,
                       patience=a.patience, seed=a.seed, pairs=a.pairs, bidirectional=a.bidirectional,
                       on_missing=a.on_missing, attention_dim=a.attention_dim,
-                      doubly_stochastic=a.doubly_stochastic, monitor=a.monitor, distribute=a.distribute)
+                      doubly_stochastic=a.doubly_stochastic, monitor=a.monitor, distribute=a.distribute,
+                      self_critical_epochs=a.self_critical_epochs,
+                      self_critical_learning_rate=a.self_critical_learning_rate)
     result = fit(a.captions, a.features, a.out, opts, format=a.format, resume=a.resume,
                  verbose=1 if sys.stdout.isatty() else 2)
     if result is None:
@@ -256,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--monitor", choices=MONITORS, default=d.monitor,
                    help="what early stopping and the kept epoch follow: validation loss, or the dev split's "
                         "greedy BLEU-4 (a few seconds per epoch)")
+    p.add_argument("--self-critical-epochs", type=_ranged(int, 0), default=d.self_critical_epochs, metavar="N",
+                   help="then N epochs of self-critical training on CIDEr-D (Rennie et al. 2017; about as long "
+                        "as a cross-entropy epoch each; 0: none)")
+    p.add_argument("--self-critical-learning-rate", type=_ranged(float, 0, low_open=True),
+                   default=d.self_critical_learning_rate)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--pairs", action="store_true", help="train on partial-caption pairs (the reference path)")
     p.add_argument("--on-missing", choices=["skip", "error"], default="skip",

@@ -47,7 +47,7 @@ def history_rows(path: Path, upto: int | None = None) -> list[dict]:
     return [r for r in rows if upto is None or r["epoch"] < upto]
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -97,7 +97,7 @@ class RunCheckpoints(keras.callbacks.Callback):
         if np.isfinite(score[-1]) and score[-1] <= np.nanmin(score):
             save_model(self.model, self.dir / "best.keras")
         save_model(self.model, self.dir / "last.keras")
-        _write_csv(self.out / "history.csv", self.rows)
+        write_csv(self.out / "history.csv", self.rows)
         state = {"epochs_done": epoch + 1, "stopped": bool(self.model.stop_training),
                  "early_stopping": {k: _plain(getattr(self.early, k)) for k in _EARLY},
                  "plateau": {k: _plain(getattr(self.plateau, k)) for k in _PLATEAU}}

@@ -59,6 +59,8 @@ class FitOptions:
     doubly_stochastic: float = 0.02  # attention decoder only: λ
     monitor: str = "val_loss"  # what early stopping and the best checkpoint follow: val_loss or val_bleu4
     distribute: str = "auto"  # none, mirrored, multi-worker; auto: every GPU when there are several
+    self_critical_epochs: int = 1  # CIDEr-D fine-tuning after the cross-entropy epochs (causal decoders)
+    self_critical_learning_rate: float = 5e-5
     cleaning: dict = dataclasses.field(default_factory=dict)
 
     def validate(self) -> "FitOptions":
@@ -71,7 +73,10 @@ class FitOptions:
                   (self.patience >= 1, "--patience", "at least 1"),
                   (self.on_missing in ("skip", "error"), "--on-missing", "skip or error"),
                   (self.monitor in MONITORS, "--monitor", " or ".join(MONITORS)),
-                  (self.distribute in DISTRIBUTE, "--distribute", ", ".join(DISTRIBUTE))]
+                  (self.distribute in DISTRIBUTE, "--distribute", ", ".join(DISTRIBUTE)),
+                  (self.self_critical_epochs >= 0, "--self-critical-epochs", "at least 0"),
+                  (self.self_critical_learning_rate > 0 and math.isfinite(self.self_critical_learning_rate),
+                   "--self-critical-learning-rate", "> 0")]
         for ok, name, allowed in checks:
             if not ok:
                 raise UsageError(f"{name} must be {allowed}; got {getattr(self, name[2:].replace('-', '_'))!r}")
@@ -90,10 +95,15 @@ class FitResult:
     dev_images: int
     notes: list
     placement: str = "one device"
+    self_critical: list = dataclasses.field(default_factory=list)  # (epoch, dev CIDEr-D greedy), epoch 0 = before
 
     def summary(self) -> str:
         notes = "".join(f"\n  note: {n}" for n in self.notes)
         where = "" if self.placement == "one device" else f" ({self.placement})"
+        if self.self_critical:
+            (_, before), (last, after) = self.self_critical[0], self.self_critical[-1]
+            notes = (f"\n  Then {last} self-critical epochs on CIDEr-D: dev CIDEr-D (greedy) {before:.3f} → "
+                     f"{after:.3f} (self_critical.csv).") + notes
         return (f"Trained {self.epochs_run} epochs{where} on {self.train_images} images (validated on "
                 f"{self.dev_images}); best validation loss {self.best_val_loss:.3f} nats/word vs "
                 f"{self.unigram_val_loss:.3f} for a unigram baseline; vocabulary {self.vocab_size} "
@@ -301,7 +311,7 @@ def train(p: FitPlan, verbose="auto"):
     if o.monitor == "val_bleu4":
         from captioning.training.caption_score import CaptionScore
         score = [CaptionScore(p)]
-    if state and state.get("stopped"):  # early stopping had ended it; the kill came during the export
+    if state and (state.get("stopped") or "self_critical_done" in state):  # the cross-entropy epochs had ended
         return model
     prepare(model, p.placement, seqs[0][0])
     # shuffle=False: the Sequence reshuffles itself from (seed, epoch), which --resume can repeat;
@@ -316,7 +326,8 @@ def export(p: FitPlan) -> FitResult:
     if not (p.checkpoints / "best.keras").is_file():
         raise CaptioningError(f"no epoch of {p.out} reached a finite {p.options.monitor} (training diverged); "
                               "start again with a lower --learning-rate.")
-    best_model = load_model(p.checkpoints / "best.keras")
+    tuned = p.checkpoints / "self_critical.keras"
+    best_model = load_model(tuned if tuned.is_file() else p.checkpoints / "best.keras")
     next_word = best_model
     if p.fast:  # the classic next-word model: same layers, same order, the fast path's weights
         next_word = decoders.build(p.run.decoder, sequences=False)
@@ -329,6 +340,10 @@ def export(p: FitPlan) -> FitResult:
     result = FitResult(p.out, len(rows), best, unigram_loss(p.train, p.dev, len(p.run.vocab)), len(p.run.vocab),
                        p.run.data["train_images"], p.run.data["dev_images"], p.notes, p.placement.describe())
     p.run.results = {"epochs_run": result.epochs_run, "best_val_loss": best, "unigram_val_loss": result.unigram_val_loss}
+    tuning = history_rows(p.out / "self_critical.csv")
+    if tuned.is_file() and tuning:
+        result.self_critical = [(r["epoch"], r["dev_cider"]) for r in tuning]
+        p.run.results["self_critical_dev_cider"] = [r["dev_cider"] for r in tuning]
     p.run.save(p.out)
     return result
 
@@ -347,9 +362,23 @@ def fit(captions, features, out, options: FitOptions = FitOptions(), format=None
         with WriterLock(Path(out), "captioning fit"):  # checked again under the lock: a second fit refuses
             p = plan(captions, features, out, options, format, resume, placement)
             train(p, verbose)
+            release(placement)  # one device from here: sampling moves batches of every size
+            tune(p, verbose)
             return export(p)
     finally:
         release(placement)
+
+
+def tune(p: FitPlan, verbose="auto") -> None:
+    """Self-critical CIDEr-D epochs after the cross-entropy ones (``options.self_critical_epochs``)."""
+    if not p.options.self_critical_epochs:
+        return
+    if not p.run.decoder.decoder.causal:
+        p.notes.append(f"no self-critical fine-tuning: the {p.options.decoder} decoder has no teacher-forced "
+                       "sequence model to score sampled captions with.")
+        return
+    from captioning.training.self_critical import fine_tune
+    fine_tune(p, verbose)
 
 
 def _follow(placement, captions, features, out: Path, options, format, resume, verbose) -> None:

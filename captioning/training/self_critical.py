@@ -16,11 +16,15 @@ import dataclasses
 
 import numpy as np
 
-from captioning import decoders
-from captioning.console import import_keras
+import json
+import time
+
+from captioning import atomic, decoders
+from captioning.console import import_keras, progress
 from captioning.decoders.steps import WithoutTokens
 from captioning.evaluation.cider import CiderD
-from captioning.inference.search import RandomSampler
+from captioning.inference.search import Greedy, RandomSampler
+from captioning.training.checkpoints import history_rows, read_state, write_csv
 from captioning.training.sequences import pad
 
 keras = import_keras()
@@ -58,6 +62,15 @@ class SelfCritical:
     def load_weights(self, weights):
         self.policy.set_weights(weights)
 
+    def dev_cider(self, references: dict) -> float:
+        """CIDEr-D of greedy captions of ``references``' images (image → cleaned word lists), the
+        document frequencies from those references, as pycocoevalcap computes it."""
+        images = sorted(references)
+        self.next_word.set_weights(self.policy.get_weights())
+        v = self.vocab
+        hyps = Greedy()(self.steps, self.store[images].astype(np.float32), v.start_id, v.end_id, self.cfg.max_length)
+        return float(CiderD(references).scores(images, [v.decode(t) for t in hyps.tokens]).mean())
+
     def epoch(self, epoch: int, progress=None) -> dict:
         """One pass over the train images; returns the mean reward of the samples."""
         rng = np.random.default_rng([self.seed, 7919, epoch])
@@ -89,3 +102,46 @@ class SelfCritical:
         weights = (targets != 0) * (advantage[:, None] / len(seqs))
         self.policy.train_on_batch([features, inputs], targets, sample_weight=weights.astype(np.float32))
         return float(reward.mean())
+
+
+def fine_tune(p, verbose="auto") -> list:
+    """The self-critical epochs of a ``fit`` plan after its cross-entropy epochs, crash-safe like them:
+    after each epoch ``checkpoints/self_critical.keras`` (weights and optimizer), the
+    ``self_critical.csv`` row, then ``state.json`` naming it; a resumed run continues from there.
+    Returns the rows (epoch, mean train reward, dev CIDEr-D of greedy captions)."""
+    from captioning.run import load_model, save_model
+    o, ckpt = p.options, p.checkpoints
+    state = read_state(ckpt)
+    done = int(state.get("self_critical_done", 0))
+    rows = history_rows(p.out / "self_critical.csv")[:done + 1]  # row 0: before the first epoch
+    if done >= o.self_critical_epochs:
+        return rows
+    sc = SelfCritical(p.run.decoder, p.run.vocab, p.store, p.train, o.self_critical_learning_rate, seed=o.seed)
+    if done:
+        sc.policy = load_model(ckpt / "self_critical.keras", compile=True)
+    else:
+        sc.load_weights(load_model(ckpt / "best.keras").get_weights())
+        rows = [{"epoch": 0, "reward": float("nan"), "dev_cider": sc.dev_cider(p.dev_references), "seconds": 0.0}]
+    say = verbose != 0
+    if say:
+        print(f"Self-critical fine-tuning on CIDEr-D: {o.self_critical_epochs - done} epochs from dev CIDEr-D "
+              f"{rows[0]['dev_cider']:.3f} (greedy).", flush=True)
+    batches = -(-len(sc.images) // sc.images_per_batch)
+    for epoch in range(done, o.self_critical_epochs):
+        start = time.perf_counter()
+        bar = progress(total=batches, desc=f"self-critical {epoch + 1}/{o.self_critical_epochs}", unit="batch",
+                       disable=None if verbose == 1 else True)
+        reward = sc.epoch(epoch, progress=lambda b, r: (bar.update(1), bar.set_postfix(reward=f"{r:.3f}")))["reward"]
+        bar.close()
+        rows.append({"epoch": epoch + 1, "reward": reward, "dev_cider": sc.dev_cider(p.dev_references),
+                     "seconds": time.perf_counter() - start})
+        save_model(sc.policy, ckpt / "self_critical.keras")
+        write_csv(p.out / "self_critical.csv", rows)
+        state = {**read_state(ckpt), "self_critical_done": epoch + 1}
+        atomic.write_text(ckpt / "state.json", json.dumps(state))
+        if say:
+            r = rows[-1]
+            print(f"self-critical epoch {epoch + 1}/{o.self_critical_epochs}: mean train reward {r['reward']:.3f}, "
+                  f"dev CIDEr-D {r['dev_cider']:.3f} (greedy), {r['seconds']:.0f} s", flush=True)
+    return rows
+

@@ -1,0 +1,110 @@
+"""Self-critical fine-tuning on CIDEr-D: the reward is pycocoevalcap's CIDEr, the updates raise it,
+equal rewards change nothing, and a run killed between its self-critical epochs resumes to the
+same model as an uninterrupted one."""
+
+import dataclasses
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from captioning.evaluation.cider import CiderD
+from captioning.run import load_model
+from captioning.training import FitOptions, fit
+from captioning.training import self_critical as sc_module
+from captioning.training.checkpoints import history_rows
+from captioning.training.fit import plan
+from captioning.training.self_critical import SelfCritical
+
+
+def test_cider_d_is_pycocoevalcaps_cider():
+    Cider = pytest.importorskip("pycocoevalcap.cider.cider").Cider
+    rng = random.Random(0)
+    words = "a dog cat runs on the grass man woman red blue ball play jumps in water".split()
+    refs = {i: [[rng.choice(words) for _ in range(rng.randint(3, 12))] for _ in range(5)] for i in range(40)}
+    hyps = {i: [rng.choice(words) for _ in range(rng.randint(1, 12))] for i in range(40)}
+    hyps[0] = refs[0][0]  # one exact match
+    mean, per_image = Cider().compute_score({i: [" ".join(r) for r in v] for i, v in refs.items()},
+                                            {i: [" ".join(h)] for i, h in hyps.items()})
+    ours = CiderD(refs).scores(list(hyps), list(hyps.values()))
+    np.testing.assert_allclose(ours, per_image, rtol=1e-12, atol=1e-12)
+    assert ours.mean() == pytest.approx(mean)
+
+
+def _session(learnable, tmp_path, **kwargs):
+    o = FitOptions(decoder="merge", units=128, embed_dim=64, min_count=1, batch_size=16, dropout=0.3)
+    p = plan(learnable["data"], learnable["features"], learnable["run"], o, resume=True)
+    sc = SelfCritical(p.run.decoder, p.run.vocab, p.store, p.train, **kwargs)
+    sc.load_weights(load_model(learnable["run"] / "checkpoints" / "best.keras").get_weights())
+    return p, sc
+
+
+def test_updates_raise_the_reward(learnable, tmp_path):
+    p, sc = _session(learnable, tmp_path, learning_rate=1e-4, images_per_batch=16)
+    rewards = [sc.epoch(e)["reward"] for e in range(4)]
+    assert rewards[-1] > rewards[0] + 0.05 and rewards[-1] == max(rewards), rewards
+    assert sc.dev_cider(p.dev_references) > 0
+
+
+def test_equal_rewards_leave_the_weights_alone(learnable, tmp_path, monkeypatch):
+    """The baseline is the mean reward of the image's other samples: no sample better than its
+    siblings, no gradient."""
+    p, sc = _session(learnable, tmp_path)
+    before = sc.policy.get_weights()
+    monkeypatch.setattr(sc.cider, "scores", lambda images, hyps: np.full(len(images), 0.7))
+    sc.update(np.arange(4), seed=[0])
+    for a, b in zip(before, sc.policy.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+TINY = dict(decoder="init-inject", epochs=2, batch_size=8, units=16, embed_dim=8, min_count=1, patience=10,
+            self_critical_epochs=2)
+
+
+def test_fit_runs_self_critical_epochs_and_exports_them(learnable, tmp_path):
+    result = fit(learnable["data"], learnable["features"], tmp_path / "run", FitOptions(**TINY), verbose=0)
+    rows = (tmp_path / "run" / "self_critical.csv").read_text().splitlines()
+    assert len(rows) == 4  # header, before, two epochs
+    assert [e for e, _ in result.self_critical] == [0, 1, 2]
+    assert "self-critical epochs on CIDEr-D" in result.summary()
+    tuned = load_model(tmp_path / "run" / "checkpoints" / "self_critical.keras").get_weights()
+    for a, b in zip(tuned, load_model(tmp_path / "run" / "model.keras").get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_inject_skips_it_with_a_note(learnable, tmp_path):
+    o = dataclasses.replace(FitOptions(**TINY), decoder="inject", epochs=1)
+    result = fit(learnable["data"], learnable["features"], tmp_path / "run", o, verbose=0)
+    assert any("no self-critical fine-tuning" in n for n in result.notes)
+    assert not (tmp_path / "run" / "self_critical.csv").exists()
+
+
+def test_killed_between_self_critical_epochs_resumes_to_the_same_model(learnable, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    fit(learnable["data"], learnable["features"], straight, FitOptions(**TINY), verbose=0)
+
+    crashed = tmp_path / "crashed"
+    original = SelfCritical.epoch
+
+    def dies_in_the_second(self, epoch, progress=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch, progress)
+
+    monkeypatch.setattr(sc_module.SelfCritical, "epoch", dies_in_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        fit(learnable["data"], learnable["features"], crashed, FitOptions(**TINY), verbose=0)
+    assert not (crashed / "model.keras").exists()
+    done = subprocess.run([sys.executable, "-m", "captioning", "fit", "--captions", learnable["data"], "--features",
+                           learnable["features"], "--out", crashed, "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    for a, b in zip(load_model(straight / "model.keras").get_weights(),
+                    load_model(crashed / "model.keras").get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    rows = [[(r["epoch"], r["reward"], r["dev_cider"]) for r in history_rows(run / "self_critical.csv")]
+            for run in (straight, crashed)]
+    assert len(rows[0]) == 3
+    np.testing.assert_allclose(np.array(rows[1]), np.array(rows[0]), rtol=1e-6)  # NaN: no reward before epoch 1
