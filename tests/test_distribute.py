@@ -41,7 +41,7 @@ BACKBONE = "efficientnet_b0"
 def fit_process(data, features, out, distribute, batch, env=None, cpus=1):
     args = ["fit", "--captions", data, "--features", features, "--out", out, "--decoder", "init-inject",
             "--epochs", "2", "--batch-size", str(batch), "--units", "32", "--embed-dim", "16", "--min-count", "1",
-            "--dropout", "0", "--distribute", distribute]
+            "--dropout", "0", "--distribute", distribute, "--self-critical-epochs", "0"]
     env = {**os.environ, "CAPTIONING_TEST_CPUS": str(cpus), **(env or {})}
     return subprocess.Popen([sys.executable, "-c", _FIT, *map(str, args)], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -159,3 +159,13 @@ def test_extraction_split_over_two_devices_matches_one(sample_dir, tmp_path, bac
     one, two = FeatureStore.open(tmp_path / "one.h5"), FeatureStore.open(tmp_path / "two.h5")
     assert one.ids == two.ids and len(one.ids) == 12
     np.testing.assert_allclose(two.rows(range(12)), one.rows(range(12)), rtol=1e-4, atol=1e-5)
+
+
+def test_cli_refuses_multi_worker_without_a_cluster(learnable, tmp_path, monkeypatch, capsys):
+    from captioning.cli import main
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    code = main(["fit", "--captions", str(learnable["data"]), "--features", str(learnable["features"]),
+                 "--out", str(tmp_path / "run"), "--distribute", "multi-worker"])
+    err = capsys.readouterr().err
+    assert code == 2 and "TF_CONFIG" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

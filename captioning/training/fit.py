@@ -397,4 +397,4 @@ def _follow(placement, captions, features, out: Path, options, format, resume, v
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-__all__ = ["FitOptions", "FitResult", "FitPlan", "plan", "train", "export", "fit", "unigram_loss"]
+__all__ = ["FitOptions", "FitResult", "FitPlan", "plan", "train", "tune", "export", "fit", "unigram_loss"]
