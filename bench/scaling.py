@@ -5,7 +5,8 @@
 Trains the default decoder on the real Flickr8k features in ``../shared`` (6,000 train images) for
 ``--epochs`` epochs, once on one device and once mirrored over ``--devices`` devices with the same
 global batch (16 images), each in a fresh process, and prints train images/s, the efficiency per
-device (multi-device rate ÷ (devices × one-device rate)) and both validation losses. On a GPU
+device (multi-device rate ÷ (devices × one-device rate)), both validation losses and each process's
+peak memory. On a GPU
 machine the devices are its GPUs. On a CPU-only machine they are logical CPU devices that share
 the same cores, so the speed columns say nothing about scaling there; the validation losses show
 that the mirrored run learns what the one-device run learns.
@@ -40,15 +41,19 @@ def run(devices, mode, batch, a):
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     args = ["fit", "--captions", a.captions, "--features", a.features, "--out", out, "--epochs", a.epochs,
             "--batch-size", batch, "--distribute", mode, "--self-critical-epochs", "0"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = out.parent / f"{mode}-{devices}.log"
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _RUN, *map(str, args)], env=env, capture_output=True, text=True)
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-c", _RUN, *map(str, args)], env=env, stdout=f, stderr=f)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory
     seconds = time.perf_counter() - start
-    if done.returncode:
-        sys.exit(f"{mode} on {devices} devices failed:\n{done.stderr[-3000:]}")
+    if status:
+        sys.exit(f"{mode} on {devices} devices failed:\n{log.read_text()[-3000:]}")
     config = json.loads((out / "config.json").read_text())
     images = config["data"]["train_images"] * a.epochs
     val = [float(line.split(",")[5]) for line in (out / "history.csv").read_text().splitlines()[1:]]
-    return seconds, images / seconds, val[-1]
+    return seconds, images / seconds, val[-1], usage.ru_maxrss / 1024 ** 2  # Linux: KiB → GiB
 
 
 def main():
@@ -67,11 +72,11 @@ def main():
     many = run(a.devices, "mirrored", global_batch // a.devices, a)
     print(f"\nfit, {a.backend}, {a.epochs} epoch(s) of Flickr8k train, global batch {global_batch} images "
           "(wall time includes start-up)\n")
-    print("| devices | wall s | train images/s | efficiency per device | val_loss |")
-    print("|---|---|---|---|---|")
-    print(f"| 1 | {one[0]:.0f} | {one[1]:.1f} | 1.00 | {one[2]:.4f} |")
+    print("| devices | wall s | train images/s | efficiency per device | val_loss | peak RSS |")
+    print("|---|---|---|---|---|---|")
+    print(f"| 1 | {one[0]:.0f} | {one[1]:.1f} | 1.00 | {one[2]:.4f} | {one[3]:.2f} GiB |")
     print(f"| {a.devices} (mirrored) | {many[0]:.0f} | {many[1]:.1f} | {many[1] / (a.devices * one[1]):.2f} | "
-          f"{many[2]:.4f} |")
+          f"{many[2]:.4f} | {many[3]:.2f} GiB |")
     print(f"\nval_loss difference: {abs(many[2] - one[2]) / one[2]:.2%} of the one-device run's")
 
 
