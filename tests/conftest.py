@@ -26,6 +26,7 @@ def learnable(tmp_path_factory):
     data = make_sample(root / "sample", images=150, seed=2)
     store = extract_features(data / "Images", backbone=BACKBONE, weights="none", out=root / "f.h5",
                              show_progress=False).store
-    result = fit(data, store.path, root / "run", FitOptions(decoder="merge", epochs=25, batch_size=16, units=128, embed_dim=64, min_count=1,
-                                                           dropout=0.3, patience=5), verbose=0)
+    options = FitOptions(decoder="merge", epochs=25, batch_size=16, units=128, embed_dim=64, min_count=1, dropout=0.3,
+                         patience=5, self_critical_epochs=0)  # tests/test_self_critical.py fine-tunes it
+    result = fit(data, store.path, root / "run", options, verbose=0)
     return {"data": data, "features": store.path, "run": root / "run", "fit": result}

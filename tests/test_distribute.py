@@ -2,11 +2,11 @@
 
 Each run is `captioning fit` in a fresh process: on one device; mirrored over two logical CPU
 devices; two local worker processes under MultiWorkerMirroredStrategy (TF_CONFIG on 127.0.0.1);
-JAX's DataParallel over two host devices; and extraction split over two devices. With the same global batch (8 images) and seed, the
-validation losses of every epoch agree with the one-device run to within 0.5 %: each replica
-averages the loss over its own words and Keras averages the replicas, which differs from the
-mean over all words of the batch only when replicas hold different numbers of words (dropout is
-off here; replicas draw their own dropout masks).
+JAX's DataParallel over two host devices; and extraction split over two devices. With the same
+global batch (8 images) and seed, the validation losses of every epoch agree with the one-device
+run to within 0.5 %: each replica averages the loss over its own words and Keras averages the
+replicas, which differs from the mean over all words of the batch only when replicas hold
+different numbers of words (dropout is off here; replicas draw their own dropout masks).
 """
 
 import json

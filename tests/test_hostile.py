@@ -30,7 +30,8 @@ from captioning.features.store import FeatureStoreWriter
 from captioning.training import FitOptions, fit
 
 keras = import_keras()
-TINY = ["--epochs", "2", "--batch-size", "8", "--units", "8", "--embed-dim", "8", "--patience", "10"]
+TINY = ["--epochs", "2", "--batch-size", "8", "--units", "8", "--embed-dim", "8", "--patience", "10",
+        "--self-critical-epochs", "0"]  # the self-critical epochs have their own tests
 
 
 def cli(capsys, *args):

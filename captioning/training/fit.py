@@ -311,12 +311,15 @@ def train(p: FitPlan, verbose="auto"):
     if o.monitor == "val_bleu4":
         from captioning.training.caption_score import CaptionScore
         score = [CaptionScore(p)]
-    if state and (state.get("stopped") or "self_critical_done" in state):  # the cross-entropy epochs had ended
+    if state and state.get("stopped"):  # early stopping had ended it; the kill came later (tuning, export)
         return model
+    # More cross-entropy epochs after self-critical ones: their state entries go, and tune redoes them
+    # from the new best epoch.
     prepare(model, p.placement, seqs[0][0])
     # shuffle=False: the Sequence reshuffles itself from (seed, epoch), which --resume can repeat;
     # Keras' own shuffle of a PyDataset's batch order draws from Python's global random state
-    model.fit(feed(seqs[0], p.placement), validation_data=feed(seqs[1], p.placement), epochs=max(o.epochs, initial_epoch), initial_epoch=initial_epoch,
+    model.fit(feed(seqs[0], p.placement), validation_data=feed(seqs[1], p.placement),
+              epochs=max(o.epochs, initial_epoch), initial_epoch=initial_epoch,
               callbacks=[*score, early, plateau, checkpoints], verbose=verbose, shuffle=False)
     return model
 
@@ -326,8 +329,9 @@ def export(p: FitPlan) -> FitResult:
     if not (p.checkpoints / "best.keras").is_file():
         raise CaptioningError(f"no epoch of {p.out} reached a finite {p.options.monitor} (training diverged); "
                               "start again with a lower --learning-rate.")
-    tuned = p.checkpoints / "self_critical.keras"
-    best_model = load_model(tuned if tuned.is_file() else p.checkpoints / "best.keras")
+    from captioning.training.self_critical import tuned_checkpoint
+    tuned = tuned_checkpoint(p.checkpoints)
+    best_model = load_model(tuned or p.checkpoints / "best.keras")
     next_word = best_model
     if p.fast:  # the classic next-word model: same layers, same order, the fast path's weights
         next_word = decoders.build(p.run.decoder, sequences=False)
@@ -341,7 +345,7 @@ def export(p: FitPlan) -> FitResult:
                        p.run.data["train_images"], p.run.data["dev_images"], p.notes, p.placement.describe())
     p.run.results = {"epochs_run": result.epochs_run, "best_val_loss": best, "unigram_val_loss": result.unigram_val_loss}
     tuning = history_rows(p.out / "self_critical.csv")
-    if tuned.is_file() and tuning:
+    if tuned and tuning:
         result.self_critical = [(r["epoch"], r["dev_cider"]) for r in tuning]
         p.run.results["self_critical_dev_cider"] = [r["dev_cider"] for r in tuning]
     p.run.save(p.out)

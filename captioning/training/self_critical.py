@@ -13,11 +13,10 @@ step model. Dropout is off here: the gradient is that of the very policy that sa
 from __future__ import annotations
 
 import dataclasses
-
-import numpy as np
-
 import json
 import time
+
+import numpy as np
 
 from captioning import atomic, decoders
 from captioning.console import import_keras, progress
@@ -106,8 +105,9 @@ class SelfCritical:
 
 def fine_tune(p, verbose="auto") -> list:
     """The self-critical epochs of a ``fit`` plan after its cross-entropy epochs, crash-safe like them:
-    after each epoch ``checkpoints/self_critical.keras`` (weights and optimizer), the
-    ``self_critical.csv`` row, then ``state.json`` naming it; a resumed run continues from there.
+    after epoch k ``checkpoints/self_critical_k.keras`` (weights and optimizer), the
+    ``self_critical.csv`` row, then ``state.json`` naming it, then k − 1's file is removed; a kill
+    at any instant resumes from the last epoch the state names, as if never interrupted.
     Returns the rows (epoch, mean train reward, dev CIDEr-D of greedy captions)."""
     from captioning.run import load_model, save_model
     o, ckpt = p.options, p.checkpoints
@@ -118,8 +118,10 @@ def fine_tune(p, verbose="auto") -> list:
         return rows
     sc = SelfCritical(p.run.decoder, p.run.vocab, p.store, p.train, o.self_critical_learning_rate, seed=o.seed)
     if done:
-        sc.policy = load_model(ckpt / "self_critical.keras", compile=True)
+        sc.policy = load_model(checkpoint(ckpt, done), compile=True)
     else:
+        for stale in ckpt.glob("self_critical_*.keras"):  # of self-critical epochs before more cross-entropy ones
+            stale.unlink()
         sc.load_weights(load_model(ckpt / "best.keras").get_weights())
         rows = [{"epoch": 0, "reward": float("nan"), "dev_cider": sc.dev_cider(p.dev_references), "seconds": 0.0}]
     say = verbose != 0
@@ -135,13 +137,25 @@ def fine_tune(p, verbose="auto") -> list:
         bar.close()
         rows.append({"epoch": epoch + 1, "reward": reward, "dev_cider": sc.dev_cider(p.dev_references),
                      "seconds": time.perf_counter() - start})
-        save_model(sc.policy, ckpt / "self_critical.keras")
+        save_model(sc.policy, checkpoint(ckpt, epoch + 1))
         write_csv(p.out / "self_critical.csv", rows)
         state = {**read_state(ckpt), "self_critical_done": epoch + 1}
         atomic.write_text(ckpt / "state.json", json.dumps(state))
+        checkpoint(ckpt, epoch).unlink(missing_ok=True)
         if say:
             r = rows[-1]
             print(f"self-critical epoch {epoch + 1}/{o.self_critical_epochs}: mean train reward {r['reward']:.3f}, "
                   f"dev CIDEr-D {r['dev_cider']:.3f} (greedy), {r['seconds']:.0f} s", flush=True)
     return rows
+
+
+def checkpoint(folder, epochs_done: int):
+    """The self-critical checkpoint after ``epochs_done`` epochs (the state says which one counts)."""
+    return folder / f"self_critical_{epochs_done}.keras"
+
+
+def tuned_checkpoint(folder):
+    """The last complete self-critical epoch's model, or None when there is none."""
+    done = int(read_state(folder).get("self_critical_done", 0)) if (folder / "state.json").is_file() else 0
+    return checkpoint(folder, done) if done else None
 
