@@ -35,11 +35,11 @@ def _cfg(kind, **kw):
     return DecoderConfig(kind, **{**sizes, **kw})
 
 
-@pytest.mark.parametrize("kind", [k for k in ALL if decoders.get(k).causal])
-def test_one_step_model_equals_teacher_forcing(kind):
+@pytest.mark.parametrize("kind,rnn", [(k, "lstm") for k in ALL] + [("inject", "gru")])
+def test_one_step_model_equals_teacher_forcing(kind, rnn):
     """Each decoder's inference graph, fed its own tokens, gives the teacher-forced model's outputs."""
     keras.utils.set_random_seed(4)
-    cfg = _cfg(kind)
+    cfg = _cfg(kind, rnn=rnn)
     seq_model = decoders.build(cfg, sequences=True)
     steps_model = decoders.build(cfg)
     steps_model.set_weights(seq_model.get_weights())
@@ -153,3 +153,25 @@ def test_inference_never_imports_training():
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+
+
+def test_inject_runs_saved_before_the_masked_repeat_still_re_read_their_prefix():
+    """Inject models from before 0.3 repeat the image without a mask, so padding reaches their final RNN:
+    stepping with state would not reproduce them; re-reading the padded prefix does."""
+    from captioning.decoders.inject import InjectSteps
+    from captioning.decoders.steps import PrefixSteps
+    cfg = _cfg("inject")
+    assert isinstance(decoders.step_model(decoders.build(cfg), cfg), InjectSteps)
+    L = keras.layers
+    image, caption = keras.Input((5,), name="image"), keras.Input((6,), dtype="int32", name="caption")
+    words = L.LSTM(8, return_sequences=True, name="caption_rnn")(L.Embedding(12, 6, mask_zero=True)(caption))
+    img = L.RepeatVector(6, name="image_repeat")(L.Dense(6, name="image_dense")(image))
+    hidden = L.LSTM(8, name="rnn")(L.Concatenate()([img, words]))
+    old = keras.Model([image, caption], L.Dense(12, activation="softmax", name="output")(hidden))
+    steps = decoders.step_model(old, cfg)
+    assert isinstance(steps, PrefixSteps)
+    feats = np.random.default_rng(0).normal(size=(2, 5)).astype("float32")
+    log_p, _ = steps.step(np.array([2, 2], np.int32), steps.start(feats))
+    prefix = np.zeros((2, 6), np.int32)
+    prefix[:, 0] = 2
+    np.testing.assert_allclose(np.exp(log_p), old.predict_on_batch([feats, prefix]), atol=1e-6)

@@ -76,8 +76,8 @@ def test_fit_runs_self_critical_epochs_and_exports_them(learnable, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_inject_skips_it_with_a_note(learnable, tmp_path):
-    o = dataclasses.replace(FitOptions(**TINY), decoder="inject", epochs=1)
+def test_bidirectional_inject_skips_it_with_a_note(learnable, tmp_path):
+    o = dataclasses.replace(FitOptions(**TINY), decoder="inject", bidirectional=True, epochs=1)
     result = fit(learnable["data"], learnable["features"], tmp_path / "run", o, verbose=0)
     assert any("no self-critical fine-tuning" in n for n in result.notes)
     assert not (tmp_path / "run" / "self_critical.csv").exists()

@@ -157,7 +157,7 @@ def test_decoder_trains_saves_and_reloads_in_safe_mode(tmp_path, kind, rnn):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["merge", "init-inject", "pre-inject"])
+@pytest.mark.parametrize("kind", ["merge", "inject", "init-inject", "pre-inject"])
 def test_fast_path_loss_equals_pairs_loss(tmp_path, kind):
     c = cfg(kind)
     keras.utils.set_random_seed(1)
@@ -168,7 +168,7 @@ def test_fast_path_loss_equals_pairs_loss(tmp_path, kind):
     vocab, enc = encoded(("a", "dog", "runs", "cat", "w5", "w6", "w7", "w8"))
     store = tiny_store(tmp_path)
     (f1, inputs), targets, weights = CaptionSequence(enc, store, 4, shuffle=False, output_offset=c.decoder.output_offset)[0]
-    (f2, prefixes), next_words = PairSequence(enc, store, 4, shuffle=False)[0]
+    (f2, prefixes), next_words = PairSequence(enc, store, 4, shuffle=False, fixed_length=c.max_length - 1)[0]
     fast = seq_model.evaluate([f1, inputs], targets, sample_weight=weights, verbose=0)
     pairs = pair_model.evaluate([f2, prefixes], next_words, verbose=0, batch_size=len(next_words))
     assert fast == pytest.approx(pairs, rel=1e-5)
@@ -180,8 +180,9 @@ def test_bad_configurations():
     with pytest.raises(CaptioningError, match="inject decoder only"):
         cfg("merge", bidirectional=True)
     with pytest.raises(CaptioningError, match="train it with pairs"):
-        build_decoder(cfg("inject"), sequences=True)
+        build_decoder(cfg("inject", bidirectional=True), sequences=True)
     assert build_decoder(cfg("inject", bidirectional=True)).get_layer("birnn")
+    assert build_decoder(cfg("inject"), sequences=True).get_layer("rnn").return_sequences
 
 
 def test_fit_learns_far_below_unigram_and_writes_the_run(learnable):

@@ -71,8 +71,12 @@ class Decoder:
     name: str = ""
     help: str = ""
     needs_spatial: bool = False  # reads the (H·W, C) grid rather than a pooled vector
-    causal: bool = True  # the teacher-forced fast path trains the same objective as the pairs
     output_offset: int = 0  # steps before the first word prediction (pre-inject: the image step)
+
+    def is_causal(self, cfg: DecoderConfig) -> bool:
+        """Whether this configuration can train on whole captions (the fast path: the same objective as the
+        partial-caption pairs) and step with state."""
+        return True
 
     def validate(self, cfg: DecoderConfig) -> None:
         if cfg.bidirectional:

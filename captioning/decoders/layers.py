@@ -65,3 +65,28 @@ class LastValidStep(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "offset": self.offset}
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class RepeatAlong(keras.layers.Layer):
+    """A vector (B, D) and a sequence (B, T, ·) → the vector at every step (B, T, D), for any T: the
+    teacher-forced graph sees whole captions of varying length, the next-word graph a fixed prefix.
+
+    The output carries the sequence's padding mask: concatenated beside the words, a mask-less copy
+    would unmask the padding (Concatenate keeps a step when any part is unmasked), and the padded
+    steps after a short prefix would then leak into an RNN's final output."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        vector, steps = inputs
+        ops = keras.ops
+        return ops.broadcast_to(vector[:, None, :], (ops.shape(steps)[0], ops.shape(steps)[1], ops.shape(vector)[-1]))
+
+    def compute_mask(self, inputs, mask=None):
+        return None if mask is None else mask[1]
+
+    def compute_output_shape(self, input_shapes):
+        return (input_shapes[1][0], input_shapes[1][1], input_shapes[0][-1])

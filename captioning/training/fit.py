@@ -129,7 +129,7 @@ class FitPlan:
 
     @property
     def fast(self) -> bool:
-        return self.run.decoder.decoder.causal and not self.options.pairs
+        return self.run.decoder.decoder.is_causal(self.run.decoder) and not self.options.pairs
 
     @property
     def checkpoints(self) -> Path:
@@ -256,7 +256,7 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
               data={"source": str(dataset.source.resolve()), "format": dataset.format,
                     "train_images": int(train["image"].nunique()), "dev_images": int(dev["image"].nunique())},
               feature_store=str(Path(features).resolve()))
-    run.training["fast_path"] = cfg.decoder.causal and not options.pairs
+    run.training["fast_path"] = cfg.decoder.is_causal(cfg) and not options.pairs
     run.training.update(placement=placement.strategy, replicas=placement.replicas,
                         global_batch_size=options.batch_size * placement.replicas)
     dev_refs = {}
@@ -377,7 +377,7 @@ def tune(p: FitPlan, verbose="auto") -> None:
     """Self-critical CIDEr-D epochs after the cross-entropy ones (``options.self_critical_epochs``)."""
     if not p.options.self_critical_epochs:
         return
-    if not p.run.decoder.decoder.causal:
+    if not p.run.decoder.decoder.is_causal(p.run.decoder):
         p.notes.append(f"no self-critical fine-tuning: the {p.options.decoder} decoder has no teacher-forced "
                        "sequence model to score sampled captions with.")
         return
