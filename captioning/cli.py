@@ -93,8 +93,8 @@ def _cmd_caption(a):
     from captioning.inference.captioner import Captioner
     captioner = Captioner.load(a.run, weights=a.weights)
     strategy = _strategy(a, len(captioner.vocab))
-    if a.attention_figure and captioner.decoder.type != "attention":  # before any work is done
-        raise UsageError("--attention-figure needs a run trained with --decoder attention")
+    if a.attention_figure and (captioner.decoder.type != "attention" or len(a.run) > 1):  # before any work
+        raise UsageError("--attention-figure needs one run (one --run) trained with --decoder attention")
     results = captioner.caption_files(a.images, strategy, max_length=a.max_length)
     if a.attention_figure:
         from pathlib import Path
@@ -158,7 +158,9 @@ def _ranged(kind, low, high=None, low_open=False, what=""):
 
 
 def _add_run_option(p):
-    p.add_argument("--run", metavar="RUN_DIR", help="the run folder written by `captioning fit` (required)")
+    p.add_argument("--run", metavar="RUN_DIR", action="append",
+                   help="the run folder written by `captioning fit` (required); give it more than once to "
+                        "caption with an ensemble of runs trained on the same captions")
     p.add_argument("--model", dest="run_deprecated", metavar="RUN_DIR", help=argparse.SUPPRESS)
 
 
@@ -313,7 +315,8 @@ def _renamed_options(parser, args) -> None:
         if getattr(args, old, None) is not None:
             print(f"captioning {args.command}: note: --model is deprecated here; use {flag} "
                   "(the old spelling goes in the next release).", file=sys.stderr)
-            setattr(args, new, getattr(args, old))
+            value = getattr(args, old)
+            setattr(args, new, [value] if new == "run" else value)
     if hasattr(args, "run_deprecated") and not args.run:
         parser.error(f"{args.command}: the following arguments are required: --run RUN_DIR")
 

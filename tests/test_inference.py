@@ -95,13 +95,15 @@ def test_sampling_is_reproducible_and_respects_top_k():
 
 
 @pytest.mark.parametrize("kind,rnn", [("merge", "lstm"), ("init-inject", "lstm"), ("pre-inject", "lstm"),
-                                      ("merge", "gru"), ("pre-inject", "gru")])
+                                      ("inject", "lstm"), ("merge", "gru"), ("pre-inject", "gru"), ("inject", "gru")])
 def test_stateful_step_matches_full_prefix_model(kind, rnn):
+    from captioning.decoders.recurrent import RecurrentSteps
     keras.utils.set_random_seed(3)
     cfg = DecoderConfig(kind, vocab_size=10, feature_dim=5, max_length=7, embed_dim=6, units=8, rnn=rnn)
     model = build_decoder(cfg)
-    stateful, full = step_model(model, cfg), PrefixSteps(model)
-    assert type(stateful).__name__ == "RecurrentSteps"
+    stateful = step_model(model, cfg)
+    full = PrefixSteps(model, fixed_length=cfg.max_length - 1 if kind == "inject" else None)
+    assert isinstance(stateful, RecurrentSteps)
     feats = np.random.default_rng(0).normal(size=(3, 5)).astype("float32")
     s1, s2 = stateful.start(feats), full.start(feats)
     tokens = np.full(3, START)

@@ -4,7 +4,7 @@
 ``StepModel.step(tokens, state)`` returns next-word log-probabilities and the new state. Search
 strategies only ever gather state rows, so any decoder fits behind this interface. Each decoder
 module makes its own (``Decoder.step_model``); ``PrefixSteps`` serves any next-word model that
-must re-read the whole prefix (inject), still batched over images × beams.
+must re-read the whole prefix (the bidirectional inject), still batched over images × beams.
 """
 
 from __future__ import annotations

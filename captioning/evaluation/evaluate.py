@@ -47,16 +47,18 @@ def evaluate(run_dir, captions, features, split: str = "test", strategy=None, fo
              coco: bool = False, limit: int | None = None, captioner: Captioner | None = None,
              images_dir=None) -> EvalResult:
     """Caption ``split``'s images from ``features`` and score them against all their references.
+    ``run_dir`` is a run folder, or a list of them to caption with their ensemble.
 
     Writes ``eval.json`` (metrics, settings, every caption) and ``examples.png`` (the first nine
     images with their captions; photos are read from ``images_dir`` or the data set's images folder)."""
     strategy = strategy or Greedy()
-    captioner = captioner or Captioner.load(run_dir)
+    runs = [Path(r) for r in run_dir] if isinstance(run_dir, (list, tuple)) else [Path(run_dir)]
+    captioner = captioner or Captioner.load(runs)
     vocab = captioner.vocab
     dataset = load_captions(captions, format=format, images_dir=images_dir)
     refs_raw = dataset.references(split)
     store = FeatureStore.open(features)
-    captioner.features.require_compatible(store.spec, f"the features run {run_dir} was trained on", str(features))
+    captioner.features.require_compatible(store.spec, f"the features run {runs[0]} was trained on", str(features))
     asked = list(refs_raw)[:limit] if limit else list(refs_raw)
     images = [i for i in asked if i in store]
     if not images:
@@ -86,9 +88,9 @@ def evaluate(run_dir, captions, features, split: str = "test", strategy=None, fo
     constant = collections.Counter(train_caps).most_common(1)[0][0] if train_caps else "a"
     baseline = bleu_scores(refs, [constant.split()] * len(images))
 
-    out = Path(out) if out else Path(run_dir) / f"eval-{split}"
+    out = Path(out) if out else runs[0] / f"eval-{split}{'-ensemble' if len(runs) > 1 else ''}"
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"split": split, **strategy.describe(), "features": str(store.path),
+    settings = {"split": split, **strategy.describe(), "runs": [str(r) for r in runs], "features": str(store.path),
                 "captions": str(dataset.source), "images": len(images)}
     record = {"metrics": metrics, "constant_caption_baseline": {"caption": constant, **baseline},
               "settings": settings,

@@ -9,29 +9,48 @@ import numpy as np
 from captioning import decoders
 from captioning.decoders.steps import WithoutTokens
 from captioning.errors import CaptioningError
+from captioning.inference.ensemble import EnsembleSteps
 from captioning.inference.search import Greedy, to_captions
 from captioning.run import Run, load_model
 
 
 class Captioner:
-    def __init__(self, model, run: Run, run_dir=None, weights=None):
-        self.model, self.run, self.run_dir = model, run, run_dir
+    """One run, or several runs captioning together (an ensemble: ``load`` with a list of folders)."""
+
+    def __init__(self, models, run: Run, run_dir=None, weights=None, configs=None):
+        models = models if isinstance(models, (list, tuple)) else [models]
+        self.model, self.run, self.run_dir = models[0], run, run_dir
         self.vocab, self.decoder, self.features = run.vocab, run.decoder, run.features
         v = run.vocab
-        self.steps = WithoutTokens(decoders.step_model(model, run.decoder), [v.pad_id, v.unk_id, v.start_id])
+        members = [decoders.step_model(m, cfg) for m, cfg in zip(models, configs or [run.decoder])]
+        steps = members[0] if len(members) == 1 else EnsembleSteps(members)
+        self.steps = WithoutTokens(steps, [v.pad_id, v.unk_id, v.start_id])
         self._weights_override = weights
         self._backbone = None
 
     @classmethod
     def load(cls, run_dir, weights=None) -> "Captioner":
-        """Load ``model.keras`` (safe mode), ``vocab.json`` and ``config.json`` from a run folder.
+        """Load ``model.keras`` (safe mode), ``vocab.json`` and ``config.json`` from a run folder, or from
+        each of a list of run folders (an ensemble: they must share the vocabulary and the features).
         ``weights`` is the backbone's weights file, when the one recorded has moved."""
-        run_dir = Path(run_dir)
-        run = Run.load(run_dir)
-        if not (run_dir / "model.keras").is_file():
-            raise CaptioningError(f"{run_dir}: no model.keras — the run did not finish; "
-                                  "continue it with `captioning fit ... --resume`.")
-        return cls(load_model(run_dir / "model.keras"), run, run_dir, weights)
+        dirs = [Path(d) for d in run_dir] if isinstance(run_dir, (list, tuple)) else [Path(run_dir)]
+        runs = [Run.load(d) for d in dirs]
+        for d in dirs:
+            if not (d / "model.keras").is_file():
+                raise CaptioningError(f"{d}: no model.keras — the run did not finish; "
+                                      "continue it with `captioning fit ... --resume`.")
+        first = runs[0]
+        for d, r in zip(dirs[1:], runs[1:]):
+            if r.vocab.to_dict() != first.vocab.to_dict():
+                raise CaptioningError(f"{d} and {dirs[0]} have different vocabularies ({len(r.vocab)} and "
+                                      f"{len(first.vocab)} words): an ensemble needs runs trained on the same "
+                                      "captions with the same --min-count and cleaning.")
+            diff = first.features.differences(r.features, (dirs[0].name, d.name))
+            if diff:
+                raise CaptioningError(f"{d} and {dirs[0]} were trained on different features ({'; '.join(diff)}): "
+                                      "an ensemble's runs must read the same features of each image.")
+        models = [load_model(d / "model.keras") for d in dirs]
+        return cls(models, first, dirs[0] if len(dirs) == 1 else dirs, weights, [r.decoder for r in runs])
 
     # --- from features -------------------------------------------------------------------------
     def caption_features(self, features, strategy=None, max_length=None, batch_size: int = 256) -> list:
