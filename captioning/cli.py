@@ -80,19 +80,25 @@ def _cmd_fit(a):
     print(result.summary())
 
 
-def _strategy(a, vocab_size: int):
+def _strategy(a, captioner):
     from captioning.inference.search import BeamSearch, Greedy, RandomSampler
+    vocab_size = len(captioner.vocab)
     if a.sample:
         if a.top_k > vocab_size:
             raise UsageError(f"--top-k must be at most the vocabulary size ({vocab_size}); got {a.top_k}")
         return RandomSampler(temperature=a.temperature, top_k=a.top_k, seed=a.seed)
-    return BeamSearch(a.beam, a.length_penalty) if a.beam > 1 else Greedy()
+    if a.beam <= 1:
+        return Greedy()
+    search = BeamSearch(a.beam, a.length_penalty)
+    if a.rerank and not getattr(a, "attention_figure", None):  # the maps belong to beam search's own choice
+        return captioner.reranked(search, a.rerank)
+    return search
 
 
 def _cmd_caption(a):
     from captioning.inference.captioner import Captioner
     captioner = Captioner.load(a.run, weights=a.weights)
-    strategy = _strategy(a, len(captioner.vocab))
+    strategy = _strategy(a, captioner)
     if a.attention_figure and (captioner.decoder.type != "attention" or len(a.run) > 1):  # before any work
         raise UsageError("--attention-figure needs one run (one --run) trained with --decoder attention")
     results = captioner.caption_files(a.images, strategy, max_length=a.max_length)
@@ -115,6 +121,8 @@ def _cmd_caption(a):
             caption_grid(good, tmp, columns=min(3, max(1, len(good))),
                          title=f"{captioner.decoder.type} — {strategy.describe()['strategy']}")
         print(f"figure of {len(good)} captioned images: {a.figure}", file=sys.stderr)
+    for note in captioner.notes:
+        print(f"captioning caption: note: {note}", file=sys.stderr)
     failed = 0
     for path, res in results:
         if isinstance(res, Exception):
@@ -131,7 +139,7 @@ def _cmd_evaluate(a):
     from captioning.evaluation.evaluate import evaluate
     from captioning.inference.captioner import Captioner
     captioner = Captioner.load(a.run)
-    result = evaluate(a.run, a.captions, a.features, split=a.split, strategy=_strategy(a, len(captioner.vocab)),
+    result = evaluate(a.run, a.captions, a.features, split=a.split, strategy=_strategy(a, captioner),
                       format=a.format, out=a.out, coco=a.coco, limit=a.limit, captioner=captioner,
                       images_dir=a.images)
     print(result.summary())
@@ -168,6 +176,9 @@ def _add_strategy_options(p):
     p.add_argument("--beam", type=_ranged(int, 0), default=0, metavar="K", help="beam width; 0 or 1: greedy")
     p.add_argument("--length-penalty", type=_ranged(float, 0), default=0.7, metavar="ALPHA",
                    help="beam: rank finished captions by log p / length**ALPHA")
+    p.add_argument("--rerank", type=_ranged(int, 0), default=40, metavar="N",
+                   help="beam: of the finished captions, keep the one the captions of the N train images most "
+                        "like this one agree with most (consensus re-ranking; 0: beam search's own choice)")
     p.add_argument("--sample", action="store_true", help="sample instead of searching")
     p.add_argument("--temperature", type=_ranged(float, 0, low_open=True), default=1.0, help="with --sample")
     p.add_argument("--top-k", type=_ranged(int, 0), default=0, help="with --sample: the k likeliest words (0: all)")

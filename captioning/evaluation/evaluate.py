@@ -63,7 +63,7 @@ def evaluate(run_dir, captions, features, split: str = "test", strategy=None, fo
     images = [i for i in asked if i in store]
     if not images:
         raise CaptioningError(f"no {split} image of {dataset.source} has features in {store.path}")
-    notes = []
+    notes = list(captioner.notes)
     if len(images) < len(asked):
         missing = [i for i in asked if i not in store]
         notes.append(f"scored {len(images)} of the {len(asked)} {split} images: {len(missing)} have no features in "

@@ -27,6 +27,8 @@ class Captioner:
         self.steps = WithoutTokens(steps, [v.pad_id, v.unk_id, v.start_id])
         self._weights_override = weights
         self._backbone = None
+        self._consensus = None
+        self.notes = []
 
     @classmethod
     def load(cls, run_dir, weights=None) -> "Captioner":
@@ -51,6 +53,20 @@ class Captioner:
                                       "an ensemble's runs must read the same features of each image.")
         models = [load_model(d / "model.keras") for d in dirs]
         return cls(models, first, dirs[0] if len(dirs) == 1 else dirs, weights, [r.decoder for r in runs])
+
+    # --- decoding --------------------------------------------------------------------------------
+    def reranked(self, search, neighbours: int = 40):
+        """``search`` (beam search) followed by consensus re-ranking over the run's ``neighbours.h5``
+        (``captioning.inference.consensus``); ``search`` itself, with a note, when the run has none."""
+        from captioning.inference import consensus
+        home = Path(self.run_dir[0] if isinstance(self.run_dir, (list, tuple)) else self.run_dir or ".")
+        if self._consensus is None:
+            if not (home / consensus.FILE).is_file():
+                self.notes.append(f"{home} has no {consensus.FILE} (runs before version 0.3): the captions are beam "
+                                  "search's own, not re-ranked; `captioning fit ... --resume` on the run adds it.")
+                return search
+            self._consensus = consensus.Consensus.load(home / consensus.FILE)
+        return consensus.ConsensusRerank(search, self._consensus, self.vocab, neighbours)
 
     # --- from features -------------------------------------------------------------------------
     def caption_features(self, features, strategy=None, max_length=None, batch_size: int = 256) -> list:

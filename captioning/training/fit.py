@@ -107,7 +107,7 @@ class FitResult:
         return (f"Trained {self.epochs_run} epochs{where} on {self.train_images} images (validated on "
                 f"{self.dev_images}); best validation loss {self.best_val_loss:.3f} nats/word vs "
                 f"{self.unigram_val_loss:.3f} for a unigram baseline; vocabulary {self.vocab_size} "
-                f"tokens. Run folder {self.run_dir}: model.keras, vocab.json, config.json, "
+                f"tokens. Run folder {self.run_dir}: model.keras, vocab.json, config.json, neighbours.h5, "
                 f"history.csv, training_curves.png, checkpoints/.{notes}")
 
 
@@ -123,6 +123,7 @@ class FitPlan:
     dev: EncodedCaptions
     train_rows: list  # store rows of the train images, for the feature statistics
     dev_references: dict  # dev image → its cleaned reference captions (token lists)
+    train_references: dict  # the same for the train images (consensus re-ranking's neighbours)
     resume: bool
     notes: list
     placement: Placement = dataclasses.field(default_factory=lambda: Placement("none"))
@@ -259,13 +260,17 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
     run.training["fast_path"] = cfg.decoder.is_causal(cfg) and not options.pairs
     run.training.update(placement=placement.strategy, replicas=placement.replicas,
                         global_batch_size=options.batch_size * placement.replicas)
-    dev_refs = {}
-    for image, caption in zip(dev["image"], dev["caption"]):
-        dev_refs.setdefault(image, []).append(tokenize(caption, cleaning))
     return FitPlan(out, options, run, store, EncodedCaptions.from_table(train, vocab, max_length),
                    EncodedCaptions.from_table(dev, vocab, max_length),
-                   [store.index[i] for i in train["image"].unique()], dev_refs, resume, notes + dataset.notes,
-                   placement)
+                   [store.index[i] for i in train["image"].unique()], _references(dev, cleaning),
+                   _references(train, cleaning), resume, notes + dataset.notes, placement)
+
+
+def _references(table, cleaning) -> dict:
+    refs = {}
+    for image, caption in zip(table["image"], table["caption"]):
+        refs.setdefault(image, []).append(tokenize(caption, cleaning))
+    return refs
 
 
 def _new_model(p: FitPlan):
@@ -337,6 +342,7 @@ def export(p: FitPlan) -> FitResult:
         next_word = decoders.build(p.run.decoder, sequences=False)
         next_word.set_weights(best_model.get_weights())
     save_model(next_word, p.out / "model.keras")
+    _write_neighbours(p)
     rows = history_rows(p.out / "history.csv")
     with atomic.replacing(p.out / "training_curves.png") as tmp:
         plot_history(rows, tmp, title=f"Training curves — {p.out.name}")
@@ -350,6 +356,14 @@ def export(p: FitPlan) -> FitResult:
         p.run.results["self_critical_dev_cider"] = [r["dev_cider"] for r in tuning]
     p.run.save(p.out)
     return result
+
+
+def _write_neighbours(p: FitPlan) -> None:
+    """The train side of consensus re-ranking, so the run re-ranks without its feature store."""
+    from captioning.inference import consensus
+    images = sorted(p.train_references)
+    pooled = np.concatenate([consensus.pooled(p.store[images[i:i + 1024]]) for i in range(0, len(images), 1024)])
+    consensus.write(p.out / consensus.FILE, pooled, [p.train_references[i] for i in images])
 
 
 def fit(captions, features, out, options: FitOptions = FitOptions(), format=None, resume: bool = False,

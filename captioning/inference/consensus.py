@@ -1,0 +1,126 @@
+"""Consensus re-ranking (Devlin et al. 2015; Mao et al. 2015): of beam search's finished captions,
+keep the one the captions of similar train images agree with most.
+
+Beam search ranks by the model's own probability, which favours safe, generic sentences. The train
+images whose features are closest to the photo's (cosine, after standardising and a PCA to at most
+128 dimensions) say what such photos are usually called; each candidate is scored by its mean
+CIDEr-D against those images' references (document frequencies of the train references), and the
+best one is returned. On Flickr8k dev this lifted the default run's CIDEr by about 0.04 (README).
+
+``fit`` writes what this needs into the run folder as ``neighbours.h5``: the projected train
+features, the projection, and the cleaned train captions, so a run re-ranks months later without
+its feature store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from captioning import atomic
+from captioning.errors import CaptioningError
+from captioning.evaluation.cider import CiderD
+from captioning.inference.search import Hypotheses
+
+FILE = "neighbours.h5"
+FORMAT = "captioning-neighbours"
+DIMENSIONS = 128
+
+
+def pooled(features) -> np.ndarray:
+    """One vector per image: a spatial grid (N, cells, C) is averaged over its cells."""
+    features = np.asarray(features, np.float32)
+    return features.mean(axis=1) if features.ndim == 3 else features
+
+
+def write(path, features, references: list, dimensions: int = DIMENSIONS) -> Path:
+    """``features``: the train images' stored features; ``references``: per image, its cleaned captions."""
+    x = pooled(features)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std = np.where(std > 1e-6 * max(float(std.max()), 1e-12), std, 1.0)
+    z = (x - mean) / std
+    dims = int(min(dimensions, z.shape[1], len(z)))
+    _, vectors = np.linalg.eigh(z.T @ z)  # the covariance's eigenvectors: cheaper than an SVD of N × D
+    projection = vectors[:, ::-1][:, :dims].astype(np.float32)
+    captions = [" ".join(words) for refs in references for words in refs]
+    owner = np.repeat(np.arange(len(references), dtype=np.int32), [len(r) for r in references])
+    with atomic.replacing(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update(format=FORMAT, version=1)
+        f["mean"], f["std"], f["projection"] = mean.astype(np.float32), std.astype(np.float32), projection
+        f["features"] = _normalised(z @ projection).astype(np.float16)
+        f.create_dataset("captions", data=np.array(captions, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        f["caption_image"] = owner
+    return Path(path)
+
+
+def _normalised(x):
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class Consensus:
+    """The train side of a run, ready to score candidate captions for new images."""
+
+    def __init__(self, mean, std, projection, features, references: list):
+        self.mean, self.std, self.projection = mean, std, projection
+        self.features = np.asarray(features, np.float32)
+        self.cider = CiderD(dict(enumerate(references)))
+
+    @classmethod
+    def load(cls, path) -> "Consensus":
+        try:
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("format") != FORMAT:
+                    raise CaptioningError(f"{path} is not a captioning neighbours file; remove it and run "
+                                          "`captioning fit ... --resume` to write it again.")
+                captions = [c.decode() if isinstance(c, bytes) else c for c in f["captions"][:]]
+                owner = f["caption_image"][:]
+                references = [[] for _ in range(len(f["features"]))]
+                for text, i in zip(captions, owner):
+                    references[i].append(text.split())
+                return cls(f["mean"][:], f["std"][:], f["projection"][:], f["features"][:], references)
+        except OSError as e:
+            raise CaptioningError(f"{path} cannot be read ({e}); remove it and run `captioning fit ... --resume` "
+                                  "to write it again, or caption without re-ranking (--rerank 0).") from None
+
+    def neighbours(self, features, k: int) -> np.ndarray:
+        """(N, k) row numbers of the train images closest to each image, closest first."""
+        q = _normalised(((pooled(features) - self.mean) / self.std) @ self.projection)
+        sim = q @ self.features.T
+        k = min(k, sim.shape[1])
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        return np.take_along_axis(top, np.argsort(-np.take_along_axis(sim, top, 1), axis=1), 1)
+
+    def scores(self, candidates: list, neighbours) -> np.ndarray:
+        """Mean CIDEr-D of each candidate (a word list) against the neighbours' references."""
+        return np.array([np.mean([self.cider.score(int(j), words) for j in neighbours]) for words in candidates])
+
+
+@dataclasses.dataclass
+class ConsensusRerank:
+    """A decoding strategy: ``search`` (beam search) proposes, the neighbours' captions choose."""
+
+    search: object  # BeamSearch: its finished alternatives are the candidates
+    consensus: Consensus
+    vocab: object
+    neighbours: int = 40
+
+    def describe(self):
+        return {**self.search.describe(), "rerank": "consensus", "neighbours": self.neighbours}
+
+    def __call__(self, steps, features, start_id, end_id, max_length) -> Hypotheses:
+        hyps = self.search(steps, features, start_id, end_id, max_length)
+        near = self.consensus.neighbours(features, self.neighbours)
+        tokens, log_probs, finished = list(hyps.tokens), list(hyps.log_probs), list(hyps.finished)
+        extras = list(hyps.extras)
+        for i, alternatives in enumerate(hyps.alternatives):
+            if len(alternatives) < 2:
+                continue
+            best = int(np.argmax(self.consensus.scores([self.vocab.decode(t) for t, _, _ in alternatives], near[i])))
+            if best:  # beam search's own choice is alternatives[0]
+                tokens[i], log_probs[i], finished[i] = alternatives[best][0], alternatives[best][1], True
+                if extras:
+                    extras[i] = None  # attention maps belong to beam search's choice
+        return Hypotheses(tokens, log_probs, finished, extras, hyps.alternatives)
