@@ -1,14 +1,16 @@
 """Benchmark: caption quality on real Flickr8k features, per decoder, with the default settings (not a test).
 
     python bench/quality.py [--decoders merge,init-inject,pre-inject,inject] [--out work/quality]
-                            [--beam 3] [--set epochs=30 --set units=512 ...]
+                            [--beam 3] [--rerank 40] [--ensemble init-inject,merge]
+                            [--set epochs=30 --set units=512 ...]
 
 Trains each decoder with ``captioning fit``'s defaults on the real MobileNetV2 feature store in
 ``../shared/flickr8k/features/`` (6,000 train images), then scores the **dev** split (1,000 images,
-5 references each) with pycocoevalcap: BLEU-1..4, METEOR, ROUGE-L, CIDEr, greedy and beam search.
+5 references each) with pycocoevalcap: BLEU-1..4, METEOR, ROUGE-L, CIDEr, greedy, beam search, and
+beam search with consensus re-ranking (what ``captioning evaluate --beam 3`` does by default).
 The Flickr8k test split is withheld on these machines, so every number here is a dev score. A run
 folder that already holds ``model.keras`` is evaluated again, not retrained. About 10 minutes per
-decoder on 2 CPU cores (inject, which trains on partial-caption pairs, takes longer).
+decoder on 2 CPU cores (inject, with two LSTMs, about 20).
 """
 
 import argparse
@@ -54,6 +56,9 @@ def main():
     p.add_argument("--out", default="work/quality")
     p.add_argument("--beam", type=int, default=3)
     p.add_argument("--length-penalty", type=float, default=None, help="default: BeamSearch's")
+    p.add_argument("--rerank", type=int, default=40, help="consensus re-ranking's neighbours (the CLI's default)")
+    p.add_argument("--ensemble", action="append", default=[], metavar="RUN,RUN",
+                   help="also score these runs (folders under --out, or paths) captioning together, beam + re-ranking")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a FitOptions field")
     a = p.parse_args()
     overrides = dict(kv.split("=", 1) for kv in a.set)
@@ -69,17 +74,26 @@ def main():
             print(fit(a.captions, a.features, run, options, verbose=2).summary(), flush=True)
             seconds = time.perf_counter() - start
         captioner = Captioner.load(run)
-        for strategy in (Greedy(), beam):
+        for strategy, name in ((Greedy(), "greedy"), (beam, "beam"), (captioner.reranked(beam, a.rerank), "rerank")):
             result = evaluate(run, a.captions, a.features, split="dev", strategy=strategy, coco=True,
-                              captioner=captioner, out=run / f"eval-dev-{strategy.describe()['strategy']}")
+                              captioner=captioner, out=run / f"eval-dev-{name}")
             print(result.summary(), flush=True)
             rows.append((decoder, strategy.describe(), result.metrics, seconds))
+    for members in a.ensemble:
+        runs = [Path(a.out) / m if (Path(a.out) / m).is_dir() else Path(m) for m in members.split(",")]
+        captioner = Captioner.load(runs)
+        result = evaluate(runs, a.captions, a.features, split="dev", strategy=captioner.reranked(beam, a.rerank),
+                          coco=True, captioner=captioner)
+        print(result.summary(), flush=True)
+        rows.append((f"ensemble of {' + '.join(r.name for r in runs)}", result.settings, result.metrics, None))
     print(f"\nFlickr8k **dev** split (1,000 images), features {Path(a.features).name}; "
           f"settings: FitOptions defaults{', ' + ', '.join(a.set) if a.set else ''}\n")
     print("| decoder | decoding | " + " | ".join(METRICS) + " | training s |")
     print("|---" * (len(METRICS) + 3) + "|")
     for decoder, strategy, m, seconds in rows:
         how = "greedy" if strategy["strategy"] == "greedy" else f"beam {strategy['k']} (α {strategy['alpha']})"
+        if "rerank" in strategy:
+            how += f" + re-ranking ({strategy['neighbours']} neighbours)"
         cells = " | ".join("n/a" if m.get(k) is None else f"{m[k]:.3f}" for k in METRICS)
         print(f"| {decoder} | {how} | {cells} | {'' if seconds is None else f'{seconds:.0f}'} |")
     print("\nPublished anchors (Flickr8k **test** split): " + "; ".join(

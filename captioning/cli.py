@@ -95,6 +95,12 @@ def _strategy(a, captioner):
     return search
 
 
+def _describe(strategy) -> str:
+    d = strategy.describe()
+    how = d["strategy"] + (f" {d['k']}" if "k" in d else "")
+    return how + (" + re-ranking" if "rerank" in d else "")
+
+
 def _cmd_caption(a):
     from captioning.inference.captioner import Captioner
     captioner = Captioner.load(a.run, weights=a.weights)
@@ -119,7 +125,7 @@ def _cmd_caption(a):
         good = [(p, r.text, []) for p, r in results if not isinstance(r, Exception)]
         with atomic.replacing(a.figure) as tmp:
             caption_grid(good, tmp, columns=min(3, max(1, len(good))),
-                         title=f"{captioner.decoder.type} — {strategy.describe()['strategy']}")
+                         title=f"{captioner.decoder.type} — {_describe(strategy)}")
         print(f"figure of {len(good)} captioned images: {a.figure}", file=sys.stderr)
     for note in captioner.notes:
         print(f"captioning caption: note: {note}", file=sys.stderr)
