@@ -3,8 +3,8 @@
 The maths of pycocoevalcap's ``Cider`` (the COCO server's CIDEr-D: tf-idf n-grams 1–4, clipped
 counts, a Gaussian length penalty with σ = 6, ×10), with two differences that a reward needs:
 the document frequencies come from the corpus given once (the train references), not from the
-images being scored, and each image's reference vectors are computed once and reused for every
-candidate. With ``CiderD(refs).scores(ids, hyps)`` on the same ``refs`` as pycocoevalcap's, the
+images being scored, and each image's reference vectors are computed once, when first needed, and
+reused for every candidate. With ``CiderD(refs).scores(ids, hyps)`` on the same ``refs`` as pycocoevalcap's, the
 per-image scores are the same (tested).
 """
 
@@ -35,7 +35,7 @@ class CiderD:
             for gram in set(g for r in refs for g in r):
                 self.doc_freq[gram] += 1
         self.log_images = math.log(float(len(counts)))
-        self._refs = {image: [self._vector(r) for r in refs] for image, refs in counts.items()}
+        self._counts, self._refs = counts, {}  # each image's vectors made when first scored against
 
     def _vector(self, counts: Counter):
         """tf-idf per n-gram order, each order's norm, and the length (number of words)."""
@@ -64,7 +64,9 @@ class CiderD:
         return total * penalty
 
     def score(self, image, words) -> float:
-        refs = self._refs[image]
+        refs = self._refs.get(image)
+        if refs is None:
+            refs = self._refs[image] = [self._vector(r) for r in self._counts[image]]
         hyp = self._vector(ngram_counts(words, self.n))
         return 10.0 * sum(self._similarity(hyp, r) for r in refs) / (self.n * len(refs))
 
