@@ -22,8 +22,12 @@ def replacing(path):
         with open(tmp, "rb+") as f:  # on disk before the rename, so a power cut cannot publish an empty file
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename and Path(e.filename) == tmp:  # the user named ``path``; the temporary name means nothing
+            e.filename = str(path)
+        raise
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # never made: nothing to remove
             tmp.unlink()
 
 

@@ -108,29 +108,10 @@ def _cmd_caption(a):
     if a.attention_figure and (captioner.decoder.type != "attention" or len(a.run) > 1):  # before any work
         raise UsageError("--attention-figure needs one run (one --run) trained with --decoder attention")
     results = captioner.caption_files(a.images, strategy, max_length=a.max_length)
-    if a.attention_figure:
-        from pathlib import Path
-
-        from captioning.evaluation.figures import attention_figure
-        good = [(p, r) for p, r in results if not isinstance(r, Exception)]
-        grid = captioner.features.grid
-        out = Path(a.attention_figure)
-        for i, (path, res) in enumerate(good):
-            target = out if len(good) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
-            attention_figure(path, res, grid, target)
-            print(f"attention figure for {path}: {target}", file=sys.stderr)
-    if a.figure:
-        from captioning import atomic
-        from captioning.evaluation.figures import caption_grid
-        good = [(p, r.text, []) for p, r in results if not isinstance(r, Exception)]
-        with atomic.replacing(a.figure) as tmp:
-            caption_grid(good, tmp, columns=min(3, max(1, len(good))),
-                         title=f"{captioner.decoder.type} — {_describe(strategy)}")
-        print(f"figure of {len(good)} captioned images: {a.figure}", file=sys.stderr)
     for note in captioner.notes:
         print(f"captioning caption: note: {note}", file=sys.stderr)
     failed = 0
-    for path, res in results:
+    for path, res in results:  # the captions first: a figure that cannot be written loses none of them
         if isinstance(res, Exception):
             failed += 1
             print(f"{path}: cannot caption: {res}", file=sys.stderr)
@@ -138,6 +119,20 @@ def _cmd_caption(a):
             print(json.dumps({"image": str(path), "caption": res.text, "log_prob": res.log_prob}))
         else:
             print(f"{path}\t{res.text}")
+    sys.stdout.flush()
+    good = [(p, r) for p, r in results if not isinstance(r, Exception)]
+    if a.attention_figure:
+        from captioning.evaluation.figures import attention_figure
+        out = a.attention_figure
+        for i, (path, res) in enumerate(good):
+            target = out if len(good) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
+            attention_figure(path, res, captioner.features.grid, target)
+            print(f"attention figure for {path}: {target}", file=sys.stderr)
+    if a.figure:
+        from captioning.evaluation.figures import caption_grid
+        caption_grid([(p, r.text, []) for p, r in good], a.figure, columns=min(3, max(1, len(good))),
+                     title=f"{captioner.decoder.type} — {_describe(strategy)}")
+        print(f"figure of {len(good)} captioned images: {a.figure}", file=sys.stderr)
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
@@ -169,6 +164,22 @@ def _ranged(kind, low, high=None, low_open=False, what=""):
         return v
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
+
+
+def _figure_path(text):
+    from captioning.evaluation.figures import figure_path
+    try:
+        return figure_path(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _backbone_name(text):
+    from captioning.features.backbones import get_backbone
+    try:
+        return get_backbone(text).name
+    except CaptioningError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_run_option(p):
@@ -207,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("make-sample", help="write the built-in synthetic sample data set")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--images", type=int, default=300)
+    p.add_argument("--images", type=_ranged(int, 3, what=" (one per split)"), default=300)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_make_sample)
 
@@ -215,12 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", metavar="DATA", help="data-set folder or captions file")
     p.add_argument("--format", choices=FORMATS)
     p.add_argument("--images", metavar="DIR", help="images folder (default: found next to the captions)")
-    p.add_argument("--min-count", type=int, default=5)
+    p.add_argument("--min-count", type=_ranged(int, 1), default=5)
     p.set_defaults(func=_cmd_info)
 
     p = add("extract-features", help="run a CNN over images and cache vectors in HDF5")
     p.add_argument("images_dir", metavar="IMAGES_DIR")
-    p.add_argument("--backbone", required=True, help="xception, inception_v3, resnet50, vgg16, densenet201, …")
+    p.add_argument("--backbone", required=True, type=_backbone_name, metavar="NAME",
+                   help="xception, inception_v3, resnet50, resnet101, vgg16, densenet201, efficientnet_b0…b3, "
+                        "inception_resnet_v2, mobilenet, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large")
     p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a Keras weights file")
     p.add_argument("--out", metavar="FILE.h5", help="default: features/<dataset>_<backbone>.h5")
     p.add_argument("--batch-size", type=_ranged(int, 1), default=32)
@@ -299,8 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="PATH", help="the backbone's weights file, if the recorded one has moved")
     p.add_argument("--max-length", type=_ranged(int, 2), default=None, help="default: the run's")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--attention-figure", metavar="OUT.png", help="attention runs: per-word attention maps")
-    p.add_argument("--figure", metavar="OUT.png", help="a PNG grid of the images with their captions")
+    p.add_argument("--attention-figure", metavar="OUT.png", type=_figure_path,
+                   help="attention runs: per-word attention maps (one file per image when several)")
+    p.add_argument("--figure", metavar="OUT.png", type=_figure_path,
+                   help="a grid of the images with their captions (PNG, or PDF/SVG/… by the suffix)")
     _add_strategy_options(p)
     p.set_defaults(func=_cmd_caption)
 
@@ -319,9 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", help="the whole pipeline on the built-in sample set, offline")
     p.add_argument("--out", default="demo", metavar="DIR")
-    p.add_argument("--images", type=int, default=300)
-    p.add_argument("--backbone", default="resnet50")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--images", type=_ranged(int, 3, what=" (one per split)"), default=300)
+    p.add_argument("--backbone", type=_backbone_name, default="resnet50", metavar="NAME",
+                   help="as for extract-features")
+    p.add_argument("--epochs", type=_ranged(int, 1), default=30)
     p.set_defaults(func=_cmd_demo)
     return parser
 

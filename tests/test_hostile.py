@@ -98,12 +98,49 @@ def test_caption_option_out_of_range_is_a_usage_error(capsys, tmp_path, option, 
     ("evaluate", "--limit", "0"), ("evaluate", "--limit", "-5"), ("evaluate", "--beam", "-2"),
     ("extract-features", "--batch-size", "0"), ("extract-features", "--limit", "0"),
     ("extract-features", "--workers", "-1"), ("extract-features", "--shard", "4/3"),
-    ("extract-features", "--shard", "half")])
+    ("extract-features", "--shard", "half"), ("extract-features", "--backbone", "resnet5"),
+    ("demo", "--images", "0"), ("demo", "--images", "-5"), ("demo", "--epochs", "0"),
+    ("demo", "--backbone", "nonsense"), ("make-sample", "--images", "2"), ("info", "--min-count", "0")])
 def test_other_options_out_of_range_are_usage_errors(capsys, tmp_path, command, option, value):
-    args = (["evaluate", "--run", tmp_path, "--captions", tmp_path, "--features", tmp_path / "f.h5"]
-            if command == "evaluate" else ["extract-features", tmp_path, "--backbone", "resnet50"])
+    args = {"evaluate": ["evaluate", "--run", tmp_path, "--captions", tmp_path, "--features", tmp_path / "f.h5"],
+            "extract-features": ["extract-features", tmp_path, "--backbone", "resnet50"],
+            "demo": ["demo", "--out", tmp_path / "demo"], "make-sample": ["make-sample", tmp_path / "sample"],
+            "info": ["info", tmp_path]}[command]
     code, _, err = cli(capsys, *args, option, value)
     assert code == 2 and option in err
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "sample").exists()  # refused before any work
+
+
+def test_a_backbone_name_may_be_spelled_as_keras_does(capsys, tmp_path):
+    code, _, err = cli(capsys, "extract-features", tmp_path / "none", "--backbone", "MobileNet-V2", "--weights", "none")
+    assert code == 1 and "--backbone" not in err  # accepted; the missing folder is what stops it
+
+
+@pytest.mark.parametrize("name,says", [("out.txt", "format"), ("noext", "format"), ("folder.png", "is a folder"),
+                                       ("afile/x.png", "is a file, not a folder")])
+def test_a_figure_path_that_cannot_be_written_is_a_usage_error_before_any_work(base, capsys, tmp_path, name, says):
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "afile").write_text("x")
+    image = base["data"] / "Images" / FeatureStore.open(base["store"]).ids[0]
+    for option in ("--figure", "--attention-figure"):
+        code, out, err = cli(capsys, "caption", image, "--run", base["run"], option, tmp_path / name)
+        assert code == 2 and option in err and says in err and not out
+
+
+def test_figures_go_into_new_folders_in_the_format_named_and_captions_come_first(base, capsys, tmp_path):
+    images = [base["data"] / "Images" / i for i in FeatureStore.open(base["store"]).ids[:2]]
+    code, out, err = cli(capsys, "caption", *images, "--run", base["run"], "--figure", tmp_path / "a" / "b" / "grid.pdf")
+    assert code == 0 and len(out.splitlines()) == 2
+    assert (tmp_path / "a" / "b" / "grid.pdf").read_bytes().startswith(b"%PDF")
+    assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == ["grid.pdf"]  # no temporary file left
+
+
+def test_a_failed_atomic_write_names_the_file_asked_for_not_its_temporary_name(tmp_path):
+    from captioning import atomic
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError) as e:
+        atomic.write_text(tmp_path / "afile" / "out.json", "{}")
+    assert e.value.filename == str(tmp_path / "afile" / "out.json")
 
 
 def test_top_k_larger_than_the_vocabulary_is_a_usage_error(base, capsys):

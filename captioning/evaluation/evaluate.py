@@ -99,6 +99,6 @@ def evaluate(run_dir, captions, features, split: str = "test", strategy=None, fo
     record["notes"] = notes
     atomic.write_text(out / "eval.json", json.dumps(record, indent=1, ensure_ascii=False))
     grid = [(dataset.images_root / i, g.text, refs_raw[i]) for i, g in list(zip(images, generated))[:9]]
-    with atomic.replacing(out / "examples.png") as tmp:
-        caption_grid(grid, tmp, title=f"{split} split — {settings['strategy']} — BLEU-4 {metrics['BLEU-4']:.3f}")
+    caption_grid(grid, out / "examples.png",
+                 title=f"{split} split — {settings['strategy']} — BLEU-4 {metrics['BLEU-4']:.3f}")
     return EvalResult(metrics, baseline, constant, len(images), settings, out, seconds, notes)

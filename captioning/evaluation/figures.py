@@ -5,6 +5,34 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from captioning import atomic
+
+
+def figure_path(path) -> Path:
+    """``path`` if a figure can be written there, else ValueError saying why: checked before any work,
+    so a typo costs nothing."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    path = Path(path)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in formats:
+        raise ValueError(f"{path}: a figure's name ends in its format, one of {', '.join(sorted(formats))} "
+                         f"(for example {path.stem or 'figure'}.png)")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name such as {path / 'figure.png'}")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{path}: {blocking} is a file, not a folder; choose another path")
+    return path
+
+
+def save(fig, out) -> Path:
+    """Writes a matplotlib figure whole or not at all, in the format its suffix names; makes the folder."""
+    out = figure_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.replacing(out) as tmp:
+        fig.savefig(tmp, format=out.suffix.lstrip(".").lower())
+    return out
+
 
 def caption_grid(items, out_png, columns: int = 3, title: str | None = None) -> Path:
     """``items``: (image path, generated caption, [reference captions]) triples."""
@@ -30,8 +58,7 @@ def caption_grid(items, out_png, columns: int = 3, title: str | None = None) -> 
     if title:
         fig.suptitle(title, fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.97 if title else 1), h_pad=3.0)
-    fig.savefig(out_png)
-    return Path(out_png)
+    return save(fig, out_png)
 
 
 def attention_figure(image, caption, grid, out_png, columns: int = 5) -> Path:
@@ -63,5 +90,4 @@ def attention_figure(image, caption, grid, out_png, columns: int = 5) -> Path:
         ax.set_title(word, fontsize=11)
     fig.suptitle(caption.text, fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(out_png)
-    return Path(out_png)
+    return save(fig, out_png)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from captioning.evaluation.figures import save
+
 
 def plot_history(rows: list, out_png, title: str = "Training curves") -> Path:
     """``rows``: one dict per epoch with ``epoch``, ``loss`` and optionally ``val_loss``, ``learning_rate``."""
@@ -27,5 +29,4 @@ def plot_history(rows: list, out_png, title: str = "Training curves") -> Path:
     ax.legend(loc="upper right")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(out_png, format="png")
-    return Path(out_png)
+    return save(fig, out_png)

@@ -344,8 +344,7 @@ def export(p: FitPlan) -> FitResult:
     save_model(next_word, p.out / "model.keras")
     _write_neighbours(p)
     rows = history_rows(p.out / "history.csv")
-    with atomic.replacing(p.out / "training_curves.png") as tmp:
-        plot_history(rows, tmp, title=f"Training curves — {p.out.name}")
+    plot_history(rows, p.out / "training_curves.png", title=f"Training curves — {p.out.name}")
     best = min(r["val_loss"] for r in rows)  # reported as loss whatever the monitor
     result = FitResult(p.out, len(rows), best, unigram_loss(p.train, p.dev, len(p.run.vocab)), len(p.run.vocab),
                        p.run.data["train_images"], p.run.data["dev_images"], p.notes, p.placement.describe())
