@@ -560,6 +560,20 @@ def test_resume_with_nothing_to_resume_explains(base, capsys, tmp_path):
     assert code == 1 and "nothing to resume" in err
 
 
+def test_resume_refuses_a_changed_setting_instead_of_ignoring_it(base, capsys, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    before = digest(run)
+    code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out", run,
+                       "--resume", "--units", "16", "--learning-rate", "0.01")
+    assert code == 2 and "--units 16 (this run: 8)" in err and "--learning-rate 0.01 (this run: 0.001)" in err
+    assert digest(run) == before
+    # the run's own values, or only --epochs, resume as before
+    code, out, _ = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out", run,
+                       "--resume", "--units", "8", "--epochs", "3", "--self-critical-epochs", "1")
+    assert code == 0 and "Trained 3 epochs" in out
+
+
 def test_a_half_written_checkpoint_from_a_kill_is_ignored(base, capsys, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(base["run"], run)

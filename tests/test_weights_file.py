@@ -98,3 +98,18 @@ def test_weights_h5_format_loads_and_a_file_for_another_network_is_refused(sampl
                  str(wrong), "--out", str(tmp_path / "b.h5"), "--limit", "4"]) == 1
     err = capsys.readouterr().err
     assert "small.h5" in err and "mobilenet_v2" in err and "Traceback" not in err
+
+
+def test_weights_option_for_features_without_a_weights_file(tmp_path):
+    """A random-init run has no file to take: --weights is refused, not ignored. An ImageNet run takes
+    the file (users offline pass the ImageNet file they downloaded by hand)."""
+    from captioning.errors import CaptioningError
+    from captioning.features.backbones import weights_for_spec
+    from captioning.features.spec import FeatureSpec
+    random_init = FeatureSpec("mobilenet_v2", "none (random init, seed 3)", "avg", 224, (1280,))
+    assert weights_for_spec(random_init) == ("none", 3)
+    with pytest.raises(CaptioningError, match="randomly initialised mobilenet_v2.*leave out --weights"):
+        weights_for_spec(random_init, override=str(tmp_path / "w.h5"))
+    imagenet = FeatureSpec("mobilenet_v2", "imagenet", "avg", 224, (1280,))
+    assert weights_for_spec(imagenet) == ("imagenet", 0)
+    assert weights_for_spec(imagenet, override=str(tmp_path / "w.h5")) == (str(tmp_path / "w.h5"), 0)

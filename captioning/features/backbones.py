@@ -88,10 +88,13 @@ def weights_for_spec(spec, override=None):
     way its content must match the recorded hash, or the features would come from another network."""
     record = spec.weights
     if record.startswith("none"):
+        if override:  # ignoring it would hide that the features come from no weights file at all
+            raise CaptioningError(f"--weights {override}: these features came from a randomly initialised "
+                                  f"{spec.backbone} ({record}), which is rebuilt from its seed; leave out --weights.")
         seed = re.search(r"seed (\d+)", record)
         return "none", int(seed.group(1)) if seed else 0
     if not record.startswith("file:"):
-        return record, 0
+        return (str(override), 0) if override else (record, 0)  # offline: the ImageNet file, downloaded by hand
     candidate = override or spec.weights_path
     expected = spec.weights_sha256 or re.search(r"sha256:([0-9a-f]+)", record).group(1)
     if not candidate or not Path(candidate).is_file():

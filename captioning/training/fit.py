@@ -205,6 +205,18 @@ def _check_out(out: Path, resume: bool) -> None:
                               f"it holds {what}, or choose a new folder. Nothing was changed.")
 
 
+def _refuse_changed_settings(out, options: FitOptions, kept: dict) -> None:
+    """A setting asked for (not the default) that differs from the run's would be silently ignored."""
+    default = FitOptions()
+    changed = [f"--{k.replace('_', '-')} {getattr(options, k)} (this run: {v})" for k, v in kept.items()
+               if getattr(options, k) != getattr(default, k) and getattr(options, k) != v]
+    if changed:
+        raise UsageError(f"--resume continues {out} with its own settings, but {', '.join(changed)} "
+                         f"{'differs' if len(changed) == 1 else 'differ'}. Leave "
+                         f"{'it' if len(changed) == 1 else 'them'} out to resume (only --epochs and --distribute "
+                         "may change), or train a new run into another folder.")
+
+
 def plan(captions, features, out, options: FitOptions = FitOptions(), format=None, resume: bool = False,
          placement: Placement | None = None) -> FitPlan:
     out = Path(out)
@@ -216,8 +228,9 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
         saved = Run.load(out)
         # The run's own settings win, except --epochs: the total number of epochs to reach.
         known = {f.name for f in dataclasses.fields(FitOptions)}
-        options = dataclasses.replace(options, **{k: v for k, v in saved.training.items()
-                                                  if k in known and k not in ("epochs", "distribute")})
+        kept = {k: v for k, v in saved.training.items() if k in known and k not in ("epochs", "distribute")}
+        _refuse_changed_settings(out, options, kept)
+        options = dataclasses.replace(options, **kept)
     options.validate()
     dataset = load_captions(captions, format=format)
     store = FeatureStore.open(features)
