@@ -103,6 +103,7 @@ def _describe(strategy) -> str:
 
 def _cmd_caption(a):
     from captioning.inference.captioner import Captioner
+    _refuse_options_without_effect(a)  # before the run is loaded
     captioner = Captioner.load(a.run, weights=a.weights)
     strategy = _strategy(a, captioner)
     if a.attention_figure and (captioner.decoder.type != "attention" or len(a.run) > 1):  # before any work
@@ -139,6 +140,7 @@ def _cmd_caption(a):
 def _cmd_evaluate(a):
     from captioning.evaluation.evaluate import evaluate
     from captioning.inference.captioner import Captioner
+    _refuse_options_without_effect(a)
     captioner = Captioner.load(a.run)
     result = evaluate(a.run, a.captions, a.features, split=a.split, strategy=_strategy(a, captioner),
                       format=a.format, out=a.out, coco=a.coco, limit=a.limit, captioner=captioner,
@@ -189,17 +191,45 @@ def _add_run_option(p):
     p.add_argument("--model", dest="run_deprecated", metavar="RUN_DIR", help=argparse.SUPPRESS)
 
 
+class _Given(argparse.Action):
+    """Stores the value and remembers that it was typed, so an option that would have no effect is refused."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = getattr(namespace, "given", set()) | {option_string}
+
+
 def _add_strategy_options(p):
-    p.add_argument("--beam", type=_ranged(int, 0), default=0, metavar="K", help="beam width; 0 or 1: greedy")
-    p.add_argument("--length-penalty", type=_ranged(float, 0), default=0.7, metavar="ALPHA",
+    p.add_argument("--beam", type=_ranged(int, 0), default=0, metavar="K", action=_Given,
+                   help="beam width; 0 or 1: greedy")
+    p.add_argument("--length-penalty", type=_ranged(float, 0), default=0.7, metavar="ALPHA", action=_Given,
                    help="beam: rank finished captions by log p / length**ALPHA")
-    p.add_argument("--rerank", type=_ranged(int, 0), default=40, metavar="N",
+    p.add_argument("--rerank", type=_ranged(int, 0), default=40, metavar="N", action=_Given,
                    help="beam: of the finished captions, keep the one the captions of the N train images most "
                         "like this one agree with most (consensus re-ranking; 0: beam search's own choice)")
     p.add_argument("--sample", action="store_true", help="sample instead of searching")
-    p.add_argument("--temperature", type=_ranged(float, 0, low_open=True), default=1.0, help="with --sample")
-    p.add_argument("--top-k", type=_ranged(int, 0), default=0, help="with --sample: the k likeliest words (0: all)")
-    p.add_argument("--seed", type=int, default=0, help="with --sample")
+    p.add_argument("--temperature", type=_ranged(float, 0, low_open=True), default=1.0, action=_Given,
+                   help="with --sample")
+    p.add_argument("--top-k", type=_ranged(int, 0), default=0, action=_Given,
+                   help="with --sample: the k likeliest words (0: all)")
+    p.add_argument("--seed", type=int, default=0, action=_Given, help="with --sample")
+
+
+def _refuse_options_without_effect(a) -> None:
+    given = getattr(a, "given", set())
+    beam = a.beam > 1 and not a.sample
+    if a.sample and a.beam > 1:
+        raise UsageError("--sample and --beam are two ways to decode; give one of them")
+    unused = [o for o in ("--temperature", "--top-k", "--seed") if o in given and not a.sample]
+    unused += [o for o in ("--length-penalty",) if o in given and not beam]
+    if "--rerank" in given and a.rerank and not beam:
+        unused.append("--rerank")
+    if unused:
+        needs = "--sample" if unused[0] in ("--temperature", "--top-k", "--seed") else "--beam K (K ≥ 2)"
+        raise UsageError(f"{unused[0]} has no effect without {needs}; add it or leave {unused[0]} out")
+    if "--rerank" in given and a.rerank and getattr(a, "attention_figure", None):
+        raise UsageError("--attention-figure draws beam search's own choice, so it cannot be re-ranked: "
+                         "leave out --rerank (or give --rerank 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:

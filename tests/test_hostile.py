@@ -143,6 +143,26 @@ def test_a_failed_atomic_write_names_the_file_asked_for_not_its_temporary_name(t
     assert e.value.filename == str(tmp_path / "afile" / "out.json")
 
 
+@pytest.mark.parametrize("command", ["caption", "evaluate"])
+@pytest.mark.parametrize("options,named", [
+    (["--sample", "--beam", "3"], "--sample and --beam"), (["--temperature", "0.5"], "--temperature"),
+    (["--beam", "3", "--top-k", "5"], "--top-k"), (["--seed", "2"], "--seed"), (["--rerank", "10"], "--rerank"),
+    (["--beam", "1", "--length-penalty", "1"], "--length-penalty"), (["--sample", "--rerank", "5"], "--rerank")])
+def test_an_option_that_would_have_no_effect_is_refused(capsys, tmp_path, command, options, named):
+    args = (["caption", tmp_path / "x.jpg"] if command == "caption" else
+            ["evaluate", "--captions", tmp_path, "--features", tmp_path / "f.h5"])
+    code, out, err = cli(capsys, *args, "--run", tmp_path / "no-run-needed", *options)
+    assert code == 2 and named in err and not out  # refused before the (missing) run is even read
+
+
+def test_options_that_do_apply_are_accepted(base, capsys):
+    image = base["data"] / "Images" / FeatureStore.open(base["store"]).ids[0]
+    for options in (["--rerank", "0"], ["--beam", "3", "--rerank", "5", "--length-penalty", "1"],
+                    ["--sample", "--temperature", "0.5", "--top-k", "5", "--seed", "1"]):
+        code, out, _ = cli(capsys, "caption", image, "--run", base["run"], *options)
+        assert code == 0 and out.startswith(str(image)), options
+
+
 def test_top_k_larger_than_the_vocabulary_is_a_usage_error(base, capsys):
     image = base["data"] / "Images" / FeatureStore.open(base["store"]).ids[0]
     code, _, err = cli(capsys, "caption", image, "--run", base["run"], "--sample", "--top-k", "100000")
