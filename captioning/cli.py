@@ -242,9 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="captioning", description="Image captioning with Keras: cached CNN features, "
         "merge/inject decoders, greedy/beam/sampling inference, BLEU and COCO metrics.")
     parser.add_argument("--version", action="version", version=f"captioning {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's log output")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's log output and tracebacks")
+    common = argparse.ArgumentParser(add_help=False)  # so `captioning fit ... --verbose` works too
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show TensorFlow's log output and tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add = functools.partial(sub.add_parser, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = functools.partial(sub.add_parser, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                            parents=[common])
 
     p = add("make-sample", help="write the built-in synthetic sample data set")
     p.add_argument("out_dir", metavar="OUT_DIR")

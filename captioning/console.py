@@ -8,7 +8,9 @@ import os
 import sys
 import warnings
 
-_quiet = True
+# TensorFlow fixes its C++ log level when first imported, and ``import captioning`` imports it (the
+# decoders register Keras layers) before the CLI has parsed --verbose: so the flag is looked for here.
+_quiet = not any(a in ("-v", "--verbose") for a in sys.argv[1:])
 
 
 def configure(verbose: bool) -> None:
@@ -46,6 +48,8 @@ def import_keras():
     if "keras" in sys.modules:
         return sys.modules["keras"]
     ctx = _stderr_to_devnull() if _quiet and "tensorflow" not in sys.modules else contextlib.nullcontext()
+    if _quiet:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # later C++ lines too (tf.data's, at fit)
     with ctx:
         import keras
         if keras.backend.backend() == "tensorflow":

@@ -456,6 +456,18 @@ def test_a_read_only_output_folder_is_explained(base, capsys, tmp_path):
         assert code == 1 and "ro/ev" in err
 
 
+def test_quiet_by_default_and_verbose_accepted_after_the_command(base, tmp_path):
+    """TensorFlow's C++ log lines (absl's "I0000 …", tf.data's at fit time) stay hidden unless --verbose,
+    which the error messages suggest appending, so it works after the command as well as before it."""
+    import re
+    done = cli_process("fit", "--captions", base["data"], "--features", base["store"], "--out", tmp_path / "run", *TINY)
+    assert done.returncode == 0 and not re.search(r"^[IWEF]\d{4} ", done.stderr, re.M), done.stderr
+    image = base["data"] / "Images" / FeatureStore.open(base["store"]).ids[0]
+    for args in (["caption", image, "--run", tmp_path / "run", "--verbose"], ["-v", "caption", image, "--run", tmp_path / "run"]):
+        done = cli_process(*args)
+        assert done.returncode == 0 and done.stdout.startswith(str(image))
+
+
 # --- (2) one writer at a time -------------------------------------------------------------------------
 def _extract_args(base, out, *extra):
     return ["extract-features", base["data"] / "Images", "--backbone", "efficientnet_b0", "--weights", "none",
