@@ -28,6 +28,13 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _too_large(size: str) -> str:
+    # Pillow's guard against decompression bombs: a file this big could exhaust memory when decoded
+    return (f"image too large ({size}; the limit is {MAX_PIXELS:,} pixels, as a guard against decompression "
+            "bombs): save a downscaled copy (a few thousand pixels wide is plenty; the network sees "
+            "a few hundred) and use that")
+
+
 def load_image(path, size: int) -> np.ndarray:
     """(size, size, 3) uint8 RGB from a file path or an array; raises ``ImageError`` with the reason
     for anything unusable."""
@@ -39,7 +46,7 @@ def load_image(path, size: int) -> np.ndarray:
             with Image.open(path) as im:
                 w, h = im.size
                 if w * h > MAX_PIXELS:
-                    raise ImageError(f"image too large ({w}×{h} pixels; limit {MAX_PIXELS:,})")
+                    raise ImageError(_too_large(f"{w}×{h} pixels"))
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 rgb = _to_rgb(im).resize((size, size), Image.BILINEAR)
@@ -49,8 +56,9 @@ def load_image(path, size: int) -> np.ndarray:
         raise ImageError("file not found") from None
     except UnidentifiedImageError:
         raise ImageError("not an image file (or an unsupported format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"image too large: {e}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # raised by Image.open itself
+        pixels = next((w for w in str(e).split("(")[1:2]), "").split(" pixels")[0]
+        raise ImageError(_too_large(f"{int(pixels):,} pixels" if pixels.isdigit() else str(e))) from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt data
         raise ImageError(f"corrupt or truncated image: {e}") from None
     return np.asarray(rgb, dtype=np.uint8)
