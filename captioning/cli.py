@@ -130,10 +130,12 @@ def _cmd_caption(a):
             attention_figure(path, res, captioner.features.grid, target)
             print(f"attention figure for {path}: {target}", file=sys.stderr)
     if a.figure:
-        from captioning.evaluation.figures import caption_grid
-        caption_grid([(p, r.text, []) for p, r in good], a.figure, columns=min(3, max(1, len(good))),
+        from captioning.evaluation.figures import MAX_GRID, caption_grid
+        shown = good[:MAX_GRID]  # a page people can read; thousands of panels would not even render
+        caption_grid([(p, r.text, []) for p, r in shown], a.figure, columns=min(3, max(1, len(shown))),
                      title=f"{captioner.decoder.type} — {_describe(strategy)}")
-        print(f"figure of {len(good)} captioned images: {a.figure}", file=sys.stderr)
+        what = f"the first {len(shown)} of {len(good)}" if len(shown) < len(good) else f"{len(good)}"
+        print(f"figure of {what} captioned images: {a.figure}", file=sys.stderr)
     return EXIT_PARTIAL if failed else EXIT_OK
 
 

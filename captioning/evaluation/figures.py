@@ -7,6 +7,8 @@ from pathlib import Path
 
 from captioning import atomic
 
+MAX_GRID = 24  # panels in one caption grid
+
 
 def figure_path(path) -> Path:
     """``path`` if a figure can be written there, else ValueError saying why: checked before any work,
@@ -35,11 +37,13 @@ def save(fig, out) -> Path:
 
 
 def caption_grid(items, out_png, columns: int = 3, title: str | None = None) -> Path:
-    """``items``: (image path, generated caption, [reference captions]) triples."""
+    """``items``: (image path, generated caption, [reference captions]) triples, at most ``MAX_GRID``."""
     from matplotlib.figure import Figure  # not pyplot: a notebook's inline backend stays as it was
     from PIL import Image
 
     items = list(items)
+    if len(items) > MAX_GRID:
+        raise ValueError(f"a caption grid shows at most {MAX_GRID} images (got {len(items)}); pass a slice")
     rows = max(1, -(-len(items) // columns))
     fig = Figure(figsize=(4.2 * columns, 5.2 * rows), dpi=110)
     axes = fig.subplots(rows, columns, squeeze=False)
