@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from pathlib import Path
 
 from captioning import atomic, decoders  # noqa: F401  (decoders: registers the custom layers)
@@ -86,12 +87,16 @@ def load_model(path, compile: bool = False):
     path = Path(path)
     if not path.is_file():
         raise CaptioningError(f"{path}: no such model file")
+    advice = ("this run's checkpoints are damaged (kills never do that: each is written whole, then renamed); "
+              "start the run again in a new folder" if path.parent.name == "checkpoints" else
+              "copy the run folder again from where it came from, or train it again")
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a file that is there
+        raise CaptioningError(f"{path} is not a .keras model file (a .keras file is a zip archive): {advice}.")
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=compile)
     except Exception as e:  # noqa: BLE001 — Keras raises many types for a damaged file; explained here
-        raise CaptioningError(f"{path}: cannot load this model ({type(e).__name__}: {str(e)[:300]}). If it is "
-                              "a checkpoint of a killed run, resume from the other checkpoint or start again; "
-                              "files with Lambda layers or unknown classes are refused in safe mode.") from e
+        raise CaptioningError(f"{path}: cannot load this model ({type(e).__name__}: {str(e)[:300]}). Files with "
+                              f"Lambda layers or unknown classes are refused in safe mode; otherwise {advice}.") from e
 
 
 def save_model(model, path) -> Path:

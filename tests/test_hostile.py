@@ -391,6 +391,7 @@ def _broken_run(base, tmp_path, edit):
         (r / "config.json").read_text()).items() if k != "decoder"})), "config.json"),
     (lambda r: (r / "vocab.json").unlink(), "vocab.json"),
     (lambda r: (r / "model.keras").write_bytes(b"PK\x03\x04 truncated"), "model.keras"),
+    (lambda r: (r / "model.keras").write_text("junk"), "model.keras is not a .keras model file"),
     (lambda r: (r / "model.keras").unlink(), "model.keras")])
 def test_damaged_run_folders_are_explained(base, capsys, tmp_path, edit, says):
     run = _broken_run(base, tmp_path, edit)
@@ -610,6 +611,15 @@ def test_resume_refuses_a_changed_setting_instead_of_ignoring_it(base, capsys, t
     code, out, _ = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out", run,
                        "--resume", "--units", "8", "--epochs", "3", "--self-critical-epochs", "1")
     assert code == 0 and "Trained 3 epochs" in out
+
+
+def test_resume_from_a_damaged_checkpoint_says_to_start_again(base, capsys, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    (run / "checkpoints" / "last.keras").write_text("junk")
+    code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out", run,
+                       "--resume", "--epochs", "3")
+    assert code == 1 and "last.keras is not a .keras model file" in err and "start the run again" in err
 
 
 def test_a_half_written_checkpoint_from_a_kill_is_ignored(base, capsys, tmp_path):
