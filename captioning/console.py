@@ -59,6 +59,15 @@ def import_keras():
     return keras
 
 
+def set_random_seed(seed: int) -> None:
+    """``keras.utils.set_random_seed``, which also seeds TensorFlow when it is installed — importing it,
+    log wall and all, even under another backend: quietly here, like ``import_keras``."""
+    keras = import_keras()
+    ctx = _stderr_to_devnull() if _quiet and "tensorflow" not in sys.modules else contextlib.nullcontext()
+    with ctx:
+        keras.utils.set_random_seed(seed)
+
+
 def progress(iterable=None, total=None, desc="", unit="it", disable=None):
     """A tqdm bar with rate and ETA; off when not a terminal unless asked for."""
     from tqdm.auto import tqdm

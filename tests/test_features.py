@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from captioning.cli import main
+from captioning.console import import_keras
 from captioning.errors import CaptioningError
 from captioning.features import FeatureStore, extract_features
 from captioning.features.images import ImageError, load_image
@@ -118,7 +119,7 @@ def test_float16_spatial_and_attributes(sample_dir, tmp_path):
     for key in ("backbone", "weights", "input_size", "pooling", "feature_dim", "keras_version",
                 "captioning_version", "preprocessing", "completed"):
         assert key in s.attrs
-    assert s.attrs["weights"].startswith("none (random init, seed 0)")
+    assert s.attrs["weights"] == f"none (random init, seed 0, {import_keras().backend.backend()} backend)"
     assert len(set(s.ids)) == len(s.ids) == 3
 
 

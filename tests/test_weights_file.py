@@ -106,10 +106,17 @@ def test_weights_option_for_features_without_a_weights_file(tmp_path):
     from captioning.errors import CaptioningError
     from captioning.features.backbones import weights_for_spec
     from captioning.features.spec import FeatureSpec
-    random_init = FeatureSpec("mobilenet_v2", "none (random init, seed 3)", "avg", 224, (1280,))
+    random_init = FeatureSpec("mobilenet_v2", "none (random init, seed 3)", "avg", 224, (1280,))  # before 0.3.1
     assert weights_for_spec(random_init) == ("none", 3)
     with pytest.raises(CaptioningError, match="randomly initialised mobilenet_v2.*leave out --weights"):
         weights_for_spec(random_init, override=str(tmp_path / "w.h5"))
+    backend = keras.backend.backend()
+    here = FeatureSpec("mobilenet_v2", f"none (random init, seed 3, {backend} backend)", "avg", 224, (1280,))
+    assert weights_for_spec(here) == ("none", 3)
+    other = "jax" if backend != "jax" else "tensorflow"
+    elsewhere = FeatureSpec("mobilenet_v2", f"none (random init, seed 3, {other} backend)", "avg", 224, (1280,))
+    with pytest.raises(CaptioningError, match=f"{other} backend.*KERAS_BACKEND={other}"):
+        weights_for_spec(elsewhere)
     imagenet = FeatureSpec("mobilenet_v2", "imagenet", "avg", 224, (1280,))
     assert weights_for_spec(imagenet) == ("imagenet", 0)
     assert weights_for_spec(imagenet, override=str(tmp_path / "w.h5")) == (str(tmp_path / "w.h5"), 0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from captioning import hardware
-from captioning.console import import_keras
+from captioning.console import import_keras, set_random_seed
 from captioning.errors import CaptioningError
 
 
@@ -65,11 +65,12 @@ def file_sha256(path) -> str:
 
 
 def describe_weights(weights, seed: int = 0) -> dict:
-    """How a store records the weights: ``weights`` is 'imagenet', 'none (random init, seed S)' or
+    """How a store records the weights: ``weights`` is 'imagenet', 'none (random init, seed S, B backend)' or
     'file:NAME sha256:…'; a file also gets its absolute path and full digest, so a run made from it
     can rebuild the backbone later without the user typing the path again."""
     if weights is None or str(weights).lower() == "none":
-        return {"weights": f"none (random init, seed {seed})"}
+        # each backend draws other numbers from the same seed, so the backend is part of the weights
+        return {"weights": f"none (random init, seed {seed}, {import_keras().backend.backend()} backend)"}
     if str(weights).lower() == "imagenet":
         return {"weights": "imagenet"}
     path = Path(weights)
@@ -91,6 +92,12 @@ def weights_for_spec(spec, override=None):
         if override:  # ignoring it would hide that the features come from no weights file at all
             raise CaptioningError(f"--weights {override}: these features came from a randomly initialised "
                                   f"{spec.backbone} ({record}), which is rebuilt from its seed; leave out --weights.")
+        made_by, current = re.search(r"(\w+) backend", record), import_keras().backend.backend()
+        if made_by and made_by.group(1) != current:
+            raise CaptioningError(f"these features came from a randomly initialised {spec.backbone} built by Keras' "
+                                  f"{made_by.group(1)} backend; the {current} backend draws other weights from the "
+                                  f"same seed, so its captions would be meaningless. Run with "
+                                  f"KERAS_BACKEND={made_by.group(1)}.")
         seed = re.search(r"seed (\d+)", record)
         return "none", int(seed.group(1)) if seed else 0
     if not record.startswith("file:"):
@@ -143,7 +150,7 @@ def _build_model(keras, backbone, weights, pooling, seed):
         raise CaptioningError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     w = None if weights is None or str(weights).lower() == "none" else weights
     if w is None:
-        keras.utils.set_random_seed(seed)
+        set_random_seed(seed)
     constructor = getattr(keras.applications, backbone.constructor)
     use_top = backbone.pooled_layer is not None and pooling != "spatial"
     kwargs = dict(include_top=use_top, weights=w,

@@ -17,7 +17,7 @@ from captioning.errors import CaptioningError
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
     backbone: str
-    weights: str  # 'imagenet', 'none (random init, seed S)' or 'file:NAME sha256:…'
+    weights: str  # 'imagenet', 'none (random init, seed S, BACKEND backend)' or 'file:NAME sha256:…'
     pooling: str  # avg | max | spatial
     input_size: int
     feature_shape: tuple  # (D,) pooled or (H·W, C) spatial

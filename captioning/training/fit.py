@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captioning import atomic, decoders
+from captioning import atomic, console, decoders
 from captioning.console import import_keras
 from captioning.data import Vocabulary, load_captions, max_caption_length, tokenize
 from captioning.data.text import CleaningOptions
@@ -303,7 +303,7 @@ def _compiled_model(p: FitPlan):
 
 def train(p: FitPlan, verbose="auto"):
     """Keras ``fit`` from epoch 0, or from the last complete epoch when resuming; returns the model."""
-    keras.utils.set_random_seed(p.options.seed)
+    console.set_random_seed(p.options.seed)
     seqs = p.sequences()
     initial_epoch, state = 0, None
     for folder in (p.out, p.checkpoints):  # a kill mid-write leaves a temporary file; fit holds the lock
