@@ -120,3 +120,13 @@ def test_weights_option_for_features_without_a_weights_file(tmp_path):
     imagenet = FeatureSpec("mobilenet_v2", "imagenet", "avg", 224, (1280,))
     assert weights_for_spec(imagenet) == ("imagenet", 0)
     assert weights_for_spec(imagenet, override=str(tmp_path / "w.h5")) == (str(tmp_path / "w.h5"), 0)
+
+
+def test_random_init_identity_includes_the_backend_and_older_stores_still_match():
+    from captioning.features.spec import FeatureSpec
+    def spec(weights):
+        return FeatureSpec("resnet50", weights, "avg", 224, (2048,))
+    old, tf, jax = (spec("none (random init, seed 0)"), spec("none (random init, seed 0, tensorflow backend)"),
+                    spec("none (random init, seed 0, jax backend)"))
+    assert tf.differences(jax) and not old.differences(tf) and not old.differences(jax)
+    assert spec("none (random init, seed 1)").differences(tf)

@@ -65,7 +65,7 @@ class FeatureSpec:
     def differences(self, other: "FeatureSpec", labels=("this", "other")) -> list[str]:
         """One 'field: LABEL value, LABEL value' entry per identity field that differs."""
         return [f"{k}: {labels[0]} {getattr(self, k)!r}, {labels[1]} {getattr(other, k)!r}" for k in self.IDENTITY
-                if getattr(self, k) != getattr(other, k)]
+                if getattr(self, k) != getattr(other, k) and not (k == "weights_id" and _same_random_init(self, other))]
 
     def compatible_with(self, other: "FeatureSpec") -> bool:
         return not self.differences(other)
@@ -80,3 +80,9 @@ class FeatureSpec:
 
     def describe(self) -> str:
         return f"{self.backbone} ({self.weights}, {self.pooling} pooling, {self.input_size} px, {self.feature_shape})"
+
+
+def _same_random_init(a: FeatureSpec, b: FeatureSpec) -> bool:
+    """Stores before 0.3.1 did not record the backend of a random init: the same seed still matches."""
+    seeds = [re.fullmatch(r"none \(random init, seed (\d+)(, \w+ backend)?\)", s.weights) for s in (a, b)]
+    return all(seeds) and seeds[0].group(1) == seeds[1].group(1) and None in (seeds[0].group(2), seeds[1].group(2))
