@@ -181,6 +181,9 @@ def test_seeded_split_sizes():
     split = seeded_split([f"{i}.jpg" for i in range(8091)])
     counts = {s: sum(v == s for v in split.values()) for s in ("train", "dev", "test")}
     assert counts == {"train": 6091, "dev": 1000, "test": 1000}
+    for n, dev in ((2, 0), (3, 1), (4, 1), (12, 2)):  # from 3 images on, dev and test are never empty
+        split = list(seeded_split([f"{i}.jpg" for i in range(n)]).values())
+        assert split.count("dev") == split.count("test") == dev and split.count("train") == n - 2 * dev
 
 
 def test_sample_is_deterministic(tmp_path):

@@ -348,6 +348,19 @@ def test_a_giant_caption_is_cut_at_the_length_percentile_with_a_note(base, capsy
     assert code == 0 and config["decoder"]["max_length"] < 40 and "were cut" in out
 
 
+def test_a_data_set_without_dev_images_says_how_to_name_them(base, capsys, tmp_path):
+    ids = FeatureStore.open(base["store"]).ids[:6]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "captions.csv").write_text("image,caption\n" + "".join(f"{i},a red square\n" for i in ids))
+    (data / "Flickr_8k.trainImages.txt").write_text("\n".join(ids[:5]) + "\n")
+    (data / "Flickr_8k.testImages.txt").write_text(ids[5] + "\n")
+    code, _, err = cli(capsys, "fit", "--captions", data / "captions.csv", "--features", base["store"], "--out",
+                       tmp_path / "run", *TINY)
+    assert code == 1 and "no dev image" in err and "Flickr_8k.devImages.txt" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_single_train_image_gives_a_finite_loss(base, capsys, tmp_path):
     train = pd.read_csv(base["data"] / "Flickr_8k.trainImages.txt", header=None)[0].tolist()
     data = _renamed_sample(base, tmp_path, lambda lines: lines)

@@ -245,10 +245,10 @@ def _split_lists(folder: Path) -> dict[str, str]:
 
 def seeded_split(images, seed: int = 0, holdout: float = 0.125, max_holdout: int = 1000) -> dict:
     """train/dev/test for data sets that ship without split lists: dev and test each get
-    ``min(max_holdout, round(holdout × n))`` images, chosen by a seeded shuffle."""
+    ``min(max_holdout, round(holdout × n))`` images, at least one from 3 images on, chosen by a seeded shuffle."""
     images = sorted(set(images))
     order = np.random.default_rng(seed).permutation(len(images))
-    k = min(max_holdout, int(round(holdout * len(images)))) if len(images) >= 3 else 0
+    k = min(max_holdout, max(1, int(round(holdout * len(images))))) if len(images) >= 3 else 0
     split_of = {}
     for rank, i in enumerate(order):
         split_of[images[i]] = "test" if rank < k else "dev" if rank < 2 * k else "train"

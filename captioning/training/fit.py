@@ -159,6 +159,12 @@ def unigram_loss(train: EncodedCaptions, dev: EncodedCaptions, vocab_size: int) 
 
 
 def _check_store(store: FeatureStore, table, split: str, on_missing: str, notes: list):
+    if table.empty:
+        raise CaptioningError(f"the data set has no {split} image: training needs train and dev images. List "
+                              f"them in Flickr_8k.{split}Images.txt beside the captions file (or in the split field "
+                              "of a Karpathy file), or caption at least 3 images: a data set without split lists "
+                              "gets 12.5 % dev and 12.5 % test images (at least 1, at most 1,000 each) by a "
+                              "seeded shuffle.")
     missing = sorted(set(table["image"]) - set(store.index))
     if missing:
         msg = (f"{len(missing)} of {table['image'].nunique()} {split} images have no features in {store.path} "
