@@ -488,6 +488,32 @@ def test_quiet_by_default_and_verbose_accepted_after_the_command(base, tmp_path)
     assert done.returncode == 0 and done.stdout.startswith(str(image))
 
 
+def test_a_store_another_program_holds_open_for_writing_is_busy_not_damaged(base, capsys, tmp_path):
+    store = tmp_path / "f.h5"
+    shutil.copy(base["store"], store)
+    with FeatureStore.open(store) as s:
+        before = (list(s.ids), s[s.ids])
+    holder = subprocess.Popen([sys.executable, "-c", f"import h5py, sys, time; f = h5py.File({str(store)!r}, 'a'); "
+                               "print('open', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        try:
+            h5py.File(store, "r").close()
+            pytest.skip("HDF5 file locking is off here (HDF5_USE_FILE_LOCKING=FALSE)")
+        except OSError:
+            pass
+        code, _, err = cli(capsys, "evaluate", "--run", base["run"], "--captions", base["data"], "--features", store)
+        assert code == 1 and "open for writing in another program" in err
+        code, _, err = cli(capsys, "extract-features", base["data"] / "Images", "--backbone", "efficientnet_b0",
+                           "--weights", "none", "--out", store, "--overwrite")
+        assert code == 1 and "open for writing in another program" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    with FeatureStore.open(store) as s:  # not "repaired" away by --overwrite
+        assert list(s.ids) == before[0] and np.array_equal(s[s.ids], before[1])
+
+
 # --- (2) one writer at a time -------------------------------------------------------------------------
 def _extract_args(base, out, *extra):
     return ["extract-features", base["data"] / "Images", "--backbone", "efficientnet_b0", "--weights", "none",

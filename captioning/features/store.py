@@ -13,6 +13,7 @@ next run with the same output reads the store and the segments and carries on.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -62,6 +63,7 @@ class FeatureStore:
             self._features = self._file["features"]
             self.ids = _strings(self._file["image_ids"])
         except (OSError, KeyError) as e:
+            _refuse_if_locked(self.path, e)
             raise CaptioningError(f"{self.path}: not a readable feature store ({e})") from e
         self.attrs = _attrs(self._file)
         if len(self._features) != len(self.ids):
@@ -209,7 +211,8 @@ class FeatureStoreWriter:
                 with h5py.File(p, "r") as f:
                     _strings(f["image_ids"])
             return True
-        except (OSError, KeyError):
+        except (OSError, KeyError) as e:
+            _refuse_if_locked(p, e)  # in use elsewhere is not damaged: never deleted for that
             self.path.unlink(missing_ok=True)
             shutil.rmtree(self.parts, ignore_errors=True)
             return False
@@ -223,6 +226,7 @@ class FeatureStoreWriter:
                 with h5py.File(p, "r") as f:
                     return _attrs(f)
             except OSError as e:
+                _refuse_if_locked(p, e)
                 raise CaptioningError(f"{p}: exists but is not a readable HDF5 file ({e}); move it away "
                                       "or pass --overwrite.") from e
         return None
@@ -233,6 +237,7 @@ class FeatureStoreWriter:
                 with h5py.File(p, "r") as f:
                     yield from _strings(f["image_ids"])
             except (OSError, KeyError) as e:
+                _refuse_if_locked(p, e)
                 raise CaptioningError(f"{p}: exists but is damaged ({e}); pass --overwrite to start the store "
                                       "again.") from e
 
@@ -368,3 +373,11 @@ def merge_features(out, parts, overwrite: bool = False, block: int = 1024):
     if duplicates:
         notes.append(f"{duplicates} images were in more than one part: kept once.")
     return writer.finalize(completed=not incomplete and not any("missing" in n for n in notes)), notes
+
+
+def _refuse_if_locked(path, error: Exception) -> None:
+    """HDF5 locks a file another program has open for writing; that file is busy, not damaged."""
+    if isinstance(error, OSError) and (error.errno == errno.EAGAIN or "unable to lock file" in str(error)):
+        raise CaptioningError(f"{path} is open for writing in another program (HDF5 has locked it): close it "
+                              "there (a notebook's h5py.File(..., 'a'), an HDF5 viewer) and run again. The file "
+                              "itself is untouched.") from error
