@@ -180,6 +180,7 @@ for args in json.loads(sys.argv[1]):
 """
 
 
+@pytest.mark.slow  # 25 s; the default run keeps the pooled decoders' mirrored test
 def test_attention_layers_work_mirrored(sample_dir, tmp_path):
     """The custom attention layers replicated over 2 logical CPUs train as on one device (both runs
     in one process with two logical devices; ``none`` keeps to the first)."""
