@@ -439,11 +439,18 @@ def test_output_paths_that_are_the_wrong_kind(base, capsys, tmp_path):
     (["caption", "x.jpg", "--run", "no/such/run"], "no/such/run"),
     (["evaluate", "--run", "RUN", "--captions", "DATA", "--features", "no/such.h5"], "no/such.h5"),
     (["fit", "--captions", "DATA", "--features", "no/such.h5", "--out", "NEW"], "no/such.h5"),
-    (["info", "no/such/data"], "no/such/data")])
+    (["info", "no/such/data"], "no/such/data"),
+    (["evaluate", "--run", "RUN", "--captions", "DATA", "--features", "STORE", "--images", "no/such/dir"],
+     "--images no/such/dir"),
+    (["extract-features", "OTHER", "--backbone", "efficientnet_b0", "--weights", "none", "--captions", "DATA",
+      "--out", "NEW"], "give the images folder these captions belong to")])
 def test_missing_inputs_are_named(base, capsys, tmp_path, args, says):
-    subs = {"RUN": str(base["run"]), "DATA": str(base["data"]), "NEW": str(tmp_path / "new")}
+    (tmp_path / "other").mkdir()
+    subs = {"RUN": str(base["run"]), "DATA": str(base["data"]), "NEW": str(tmp_path / "new"),
+            "STORE": str(base["store"]), "OTHER": str(tmp_path / "other")}
     code, _, err = cli(capsys, *[subs.get(a, a) for a in args])
     assert code == 1 and says in err
+    assert not (tmp_path / "new").exists()
 
 
 @contextlib.contextmanager

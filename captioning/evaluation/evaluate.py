@@ -55,6 +55,9 @@ def evaluate(run_dir, captions, features, split: str = "test", strategy=None, fo
     runs = [Path(r) for r in run_dir] if isinstance(run_dir, (list, tuple)) else [Path(run_dir)]
     captioner = captioner or Captioner.load(runs)
     vocab = captioner.vocab
+    if images_dir is not None and not Path(images_dir).is_dir():
+        raise CaptioningError(f"--images {images_dir}: no such folder (it is only for examples.png; leave it out "
+                              "to use the images folder beside the captions)")
     dataset = load_captions(captions, format=format, images_dir=images_dir)
     refs_raw = dataset.references(split)
     store = FeatureStore.open(features)

@@ -116,6 +116,11 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
             raise UsageError(f"--shard {k}/{n}: K must be between 1 and N")
         ids = ids[k - 1::n]
     out = Path(out) if out else default_output(root, bb.name, pooling, shard)
+    if (captions is not None or image_list is not None) and not out.exists() \
+            and not any((root / i).is_file() for i in ids):  # any() stops at the first: cheap when they match
+        named = f"--image-list {image_list}" if image_list is not None else str(captions)
+        raise CaptioningError(f"none of the {len(ids)} images that {named} names is in {root} (e.g. {ids[0]}); "
+                              "give the images folder these captions belong to.")
     keras = import_keras()
     policy = mixed_precision_policy() if mixed_precision else "float32"
     attrs = {"backbone": bb.name, **describe_weights(weights, seed), "pooling": pooling,
