@@ -69,6 +69,9 @@ class Run:
 
 def load_config(run_dir) -> dict:
     path = Path(run_dir) / "config.json"
+    if Path(run_dir).is_file():
+        raise CaptioningError(f"{run_dir} is a file, not a run folder: give the folder `captioning fit --out "
+                              "RUN_DIR` wrote (it holds model.keras, vocab.json and config.json).")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

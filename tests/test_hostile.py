@@ -440,6 +440,7 @@ def test_output_paths_that_are_the_wrong_kind(base, capsys, tmp_path):
     (["evaluate", "--run", "RUN", "--captions", "DATA", "--features", "no/such.h5"], "no/such.h5"),
     (["fit", "--captions", "DATA", "--features", "no/such.h5", "--out", "NEW"], "no/such.h5"),
     (["info", "no/such/data"], "no/such/data"),
+    (["caption", "x.jpg", "--run", "STORE"], "is a file, not a run folder"),
     (["evaluate", "--run", "RUN", "--captions", "DATA", "--features", "STORE", "--images", "no/such/dir"],
      "--images no/such/dir"),
     (["extract-features", "OTHER", "--backbone", "efficientnet_b0", "--weights", "none", "--captions", "DATA",
