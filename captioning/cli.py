@@ -108,7 +108,7 @@ def _cmd_caption(a):
     strategy = _strategy(a, captioner)
     if a.attention_figure and (captioner.decoder.type != "attention" or len(a.run) > 1):  # before any work
         raise UsageError("--attention-figure needs one run (one --run) trained with --decoder attention")
-    results = captioner.caption_files(a.images, strategy, max_length=a.max_length)
+    results = captioner.caption_files(_image_files(a.images), strategy, max_length=a.max_length)
     for note in captioner.notes:
         print(f"captioning caption: note: {note}", file=sys.stderr)
     failed = 0
@@ -137,6 +137,25 @@ def _cmd_caption(a):
         what = f"the first {len(shown)} of {len(good)}" if len(shown) < len(good) else f"{len(good)}"
         print(f"figure of {what} captioned images: {a.figure}", file=sys.stderr)
     return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _image_files(args) -> list:
+    """The IMAGE arguments with each folder replaced by the images in it (and below), in a stable order."""
+    from pathlib import Path
+
+    from captioning.features.extract import list_images
+    paths = []
+    for arg in args:
+        folder = Path(arg)
+        if not folder.is_dir():
+            paths.append(arg)
+            continue
+        found = [str(folder / i) for i in list_images(folder)]
+        if not found:
+            raise CaptioningError(f"{folder}: a folder with no image files in it (looked for the usual photo "
+                                  "suffixes, .jpg .png …, in it and below)")
+        paths += found
+    return paths
 
 
 def _cmd_evaluate(a):
@@ -343,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_fit)
 
     p = add("caption", help="caption image files with a trained run folder")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
     _add_run_option(p)
     p.add_argument("--weights", metavar="PATH", help="the backbone's weights file, if the recorded one has moved")
     p.add_argument("--max-length", type=_ranged(int, 2), default=None, help="default: the run's")

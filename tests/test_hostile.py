@@ -142,6 +142,22 @@ def test_a_figure_of_many_photos_shows_the_first_page_and_says_so(base, capsys, 
     assert (tmp_path / "grid.png").stat().st_size > 0
 
 
+def test_caption_takes_folders_and_explains_web_addresses(base, capsys, tmp_path):
+    ids = FeatureStore.open(base["store"]).ids[:3]
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for i, name in enumerate(ids):
+        shutil.copy(base["data"] / "Images" / name, photos / ("sub" if i == 2 else "") / f"p{i}.jpg")
+    (photos / "notes.txt").write_text("not a photo")
+    (tmp_path / "empty").mkdir()
+    code, out, err = cli(capsys, "caption", photos, "https://example.org/dog.jpg", "--run", base["run"])
+    assert code == 3 and [line.split("\t")[0] for line in out.splitlines()] == \
+        [str(photos / "p0.jpg"), str(photos / "p1.jpg"), str(photos / "sub" / "p2.jpg")]
+    assert "https://example.org/dog.jpg: cannot caption: a web address: download the image first" in err
+    code, out, err = cli(capsys, "caption", tmp_path / "empty", "--run", base["run"])
+    assert code == 1 and "empty" in err and "no image files" in err and not out
+
+
 def test_a_failed_atomic_write_names_the_file_asked_for_not_its_temporary_name(tmp_path):
     from captioning import atomic
     (tmp_path / "afile").write_text("x")

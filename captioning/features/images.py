@@ -40,6 +40,8 @@ def load_image(path, size: int) -> np.ndarray:
     for anything unusable."""
     if isinstance(path, np.ndarray):
         return np.asarray(_to_rgb(Image.fromarray(path)).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    if str(path).startswith(("http://", "https://")):
+        raise ImageError("a web address: download the image first (captioning reads files, not the web)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

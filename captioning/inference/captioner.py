@@ -108,17 +108,20 @@ class Captioner:
         return self.caption_features(self.image_features(images), strategy, max_length)
 
     def caption_files(self, paths, strategy=None, max_length=None, batch_size: int = 32) -> list:
-        """(path, Caption or the exception) per file: a bad file never stops the others."""
+        """(path, Caption or the exception) per file: a bad file never stops the others. Images are
+        decoded one batch at a time, so a folder of thousands of photos never sits in memory at once."""
         from captioning.features.images import ImageError, load_image
         bb, _ = self.backbone
-        results, good = {}, []
-        for p in paths:
-            try:
-                good.append((p, load_image(p, bb.input_size)))
-            except ImageError as e:
-                results[p] = e
-        for i in range(0, len(good), batch_size):
-            chunk = good[i:i + batch_size]
-            caps = self.caption([a for _, a in chunk], strategy, max_length)
-            results.update({p: c for (p, _), c in zip(chunk, caps)})
-        return [(p, results[p]) for p in paths]
+        paths, results = list(paths), []
+        for start in range(0, len(paths), batch_size):
+            outcome, good = {}, []
+            for i, p in enumerate(paths[start:start + batch_size]):
+                try:
+                    good.append((i, load_image(p, bb.input_size)))
+                except ImageError as e:
+                    outcome[i] = e
+            if good:
+                caps = self.caption([a for _, a in good], strategy, max_length)
+                outcome.update({i: c for (i, _), c in zip(good, caps)})
+            results += [(p, outcome[i]) for i, p in enumerate(paths[start:start + batch_size])]
+        return results
