@@ -108,7 +108,8 @@ def _cmd_caption(a):
     strategy = _strategy(a, captioner)
     if a.attention_figure and (captioner.decoder.type != "attention" or len(a.run) > 1):  # before any work
         raise UsageError("--attention-figure needs one run (one --run) trained with --decoder attention")
-    results = captioner.caption_files(_image_files(a.images), strategy, max_length=a.max_length)
+    results = captioner.caption_files(_image_files(a.images), strategy, max_length=a.max_length,
+                                      show_progress=True)  # on a terminal only: stdout stays one line per image
     for note in captioner.notes:
         print(f"captioning caption: note: {note}", file=sys.stderr)
     failed = 0

@@ -107,12 +107,15 @@ class Captioner:
         """Captions for image paths or arrays (raises on an unreadable image)."""
         return self.caption_features(self.image_features(images), strategy, max_length)
 
-    def caption_files(self, paths, strategy=None, max_length=None, batch_size: int = 32) -> list:
+    def caption_files(self, paths, strategy=None, max_length=None, batch_size: int = 32,
+                      show_progress: bool = False) -> list:
         """(path, Caption or the exception) per file: a bad file never stops the others. Images are
         decoded one batch at a time, so a folder of thousands of photos never sits in memory at once."""
+        from captioning.console import progress
         from captioning.features.images import ImageError, load_image
         bb, _ = self.backbone
         paths, results = list(paths), []
+        bar = progress(total=len(paths), desc="captioning", unit="img", disable=None if show_progress else True)
         for start in range(0, len(paths), batch_size):
             outcome, good = {}, []
             for i, p in enumerate(paths[start:start + batch_size]):
@@ -124,4 +127,6 @@ class Captioner:
                 caps = self.caption([a for _, a in good], strategy, max_length)
                 outcome.update({i: c for (i, _), c in zip(good, caps)})
             results += [(p, outcome[i]) for i, p in enumerate(paths[start:start + batch_size])]
+            bar.update(len(outcome))
+        bar.close()
         return results
