@@ -51,7 +51,14 @@ def import_keras():
     if _quiet:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # later C++ lines too (tf.data's, at fit)
     with ctx:
-        import keras
+        try:
+            import keras
+        except ModuleNotFoundError as e:
+            if (e.name or "").split(".")[0] != "tensorflow":
+                raise
+            raise ImportError("Keras runs on TensorFlow unless KERAS_BACKEND names another backend, and TensorFlow "
+                              "is not installed: `pip install tensorflow`, or set KERAS_BACKEND=jax (or torch) "
+                              "where that backend is installed.") from None
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf  # noqa: F401  (first import is where the log wall comes from)
             tf.get_logger().setLevel("ERROR")

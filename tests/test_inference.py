@@ -259,3 +259,22 @@ def test_beam_keeps_its_finished_alternatives_best_first():
         assert scores == sorted(scores, reverse=True)
         if alts:
             assert alts[0][0] == tokens and len(alts) >= 1
+
+
+def test_padded_rows_are_powers_of_two_and_cut_from_the_outputs():
+    """Under JAX each new batch size is a new compiled program: search pads its shrinking batch."""
+    from captioning.decoders.steps import bucket, run_rows
+    assert [bucket(n) for n in (1, 2, 3, 5, 8, 9, 1000)] == [1, 2, 4, 8, 8, 16, 1024]
+    seen = []
+
+    def model(inputs):
+        seen.append([len(a) for a in inputs])
+        return [inputs[0] * 2, inputs[1][:, :1]]
+
+    x, y = np.arange(5.0)[:, None], np.arange(15, dtype=np.int32).reshape(5, 3)
+    doubled, first = run_rows(model, [x, y], pad=True)
+    assert seen == [[8, 8]]
+    np.testing.assert_array_equal(doubled, x * 2)
+    np.testing.assert_array_equal(first, y[:, :1])
+    run_rows(model, [x, y], pad=False)
+    assert seen[-1] == [5, 5]

@@ -7,7 +7,7 @@ import numpy as np
 
 from captioning.console import import_keras
 from captioning.decoders.base import Decoder
-from captioning.decoders.steps import StepModel, log_probs
+from captioning.decoders.steps import StepModel, log_probs, run_rows
 
 
 class Attention(Decoder):
@@ -37,23 +37,20 @@ class AttentionSteps(StepModel):
 
     def __init__(self, model):
         self.layer, self.norm = model.get_layer("attention"), model.get_layer("image_norm")
-        self.keras = import_keras()
 
-    def _np(self, x):
-        return np.asarray(self.keras.ops.convert_to_numpy(x))
+    def _start(self, inputs):
+        grid = self.norm(inputs[0])
+        return [grid, self.layer.grid_attention(grid), *self.layer.initial_state(grid)]
 
     def start(self, features):
-        grid = self.norm(np.asarray(features, np.float32))
-        h, c = self.layer.initial_state(grid)
-        cells = grid.shape[1]
-        return [self._np(grid), self._np(self.layer.grid_attention(grid)), self._np(h), self._np(c),
-                np.zeros((len(features), 0, cells), np.float32)]
+        grid, projected, h, c = run_rows(self._start, [np.asarray(features, np.float32)])
+        return [grid, projected, h, c, np.zeros((len(features), 0, grid.shape[1]), np.float32)]
 
     def step(self, tokens, state):
         grid, projected, h, c, alphas = state
-        probs, h, c, alpha = self.layer.step(grid, projected, np.asarray(tokens, np.int32), h, c)
-        alphas = np.concatenate([alphas, self._np(alpha)[:, None, :]], axis=1)
-        return log_probs(self._np(probs)), [grid, projected, self._np(h), self._np(c), alphas]
+        probs, h, c, alpha = run_rows(lambda x: self.layer.step(*x),
+                                      [grid, projected, np.asarray(tokens, np.int32), h, c])
+        return log_probs(probs), [grid, projected, h, c, np.concatenate([alphas, alpha[:, None, :]], axis=1)]
 
     def extras(self, state):
         return state[-1]  # (rows, steps so far, grid cells)

@@ -12,7 +12,7 @@ import numpy as np
 
 from captioning.console import import_keras
 from captioning.decoders.base import Decoder, DecoderConfig
-from captioning.decoders.steps import StepModel
+from captioning.decoders.steps import StepModel, run_rows
 
 
 class RecurrentDecoder(Decoder):
@@ -90,12 +90,11 @@ class RecurrentSteps(StepModel):
 
     def start(self, features):
         zeros = [np.zeros((len(features), self.units), np.float32) for _ in range(self.n_states)]
-        encoded = self.encoder.predict_on_batch([np.asarray(features, np.float32), *zeros])
-        return [np.asarray(s) for s in (encoded if isinstance(encoded, (list, tuple)) else [encoded])]
+        return run_rows(self.encoder.predict_on_batch, [np.asarray(features, np.float32), *zeros])
 
     def step(self, tokens, state):
-        out = self.stepper.predict_on_batch([np.asarray(tokens, np.int32), *state])
-        return np.asarray(out[0]), [np.asarray(s) for s in out[1:]]
+        out = run_rows(self.stepper.predict_on_batch, [np.asarray(tokens, np.int32), *state])
+        return out[0], out[1:]
 
     def step_topk(self, tokens, state, n):
         """Selection inside the compiled step: only (rows, n) leave the graph, not (rows, vocabulary)."""
@@ -104,5 +103,5 @@ class RecurrentSteps(StepModel):
             inputs, log_p, rest = self._graph
             values, ids = keras.ops.top_k(log_p, min(n, log_p.shape[-1]))
             self._topk_steppers[n] = keras.Model(inputs, [values, ids, *rest], name=f"one_step_top{n}")
-        out = self._topk_steppers[n].predict_on_batch([np.asarray(tokens, np.int32), *state])
-        return np.asarray(out[0]), np.asarray(out[1]), [np.asarray(s) for s in out[2:]]
+        out = run_rows(self._topk_steppers[n].predict_on_batch, [np.asarray(tokens, np.int32), *state])
+        return out[0], out[1], out[2:]

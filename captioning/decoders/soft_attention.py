@@ -58,29 +58,40 @@ class AttentionDecoder(keras.layers.Layer):
 
     def step(self, grid, projected, tokens, h, c, training=False):
         """One word: returns (probs, h, c, alpha) with alpha (B, P) summing to 1."""
+        emb = self.embedding(tokens)
+        h, c, context, alpha = self._advance(grid, projected, emb, h, c, training)
+        return self._readout(h, context, emb, training), h, c, alpha
+
+    def _advance(self, grid, projected, emb, h, c, training):
+        """Attend from the state, then one LSTM step on [word, context]: (h, c, context, alpha)."""
         e = self.score(ops.tanh(projected + self.state_attention(h)[:, None, :]))[..., 0]
         alpha = ops.softmax(e, axis=-1)
         context = ops.sum(grid * alpha[..., None], axis=1) * self.gate(h)
-        emb = self.embedding(tokens)
         h, (h, c) = self.cell(ops.concatenate([emb, context], axis=-1), [h, c], training=training)
-        hidden = self.deep(ops.concatenate([self.drop(h, training=training), context, emb], axis=-1))
-        return self.out(hidden), h, c, alpha
+        return h, c, context, alpha
+
+    def _readout(self, h, context, emb, training):
+        """The deep output layer: next-word probabilities from [dropout(h), context, word]."""
+        return self.out(self.deep(ops.concatenate([self.drop(h, training=training), context, emb], axis=-1)))
 
     def call(self, inputs, training=False):
         grid, caption = inputs
         projected = self.grid_attention(grid)
         h, c = self.initial_state(grid)
+        emb = self.embedding(caption)  # (B, T, E)
 
-        def one_word(carry, tokens):
-            p, h, c, alpha = self.step(grid, projected, tokens, carry[0], carry[1], training=training)
-            return (h, c, p, alpha), (h, c, p, alpha)  # Keras' TF scan: outputs shaped like the carry
+        def one_word(carry, emb_t):
+            h, c, context, alpha = self._advance(grid, projected, emb_t, carry[0], carry[1], training)
+            return (h, c, context, alpha), (h, c, context, alpha)  # Keras' TF scan: outputs shaped like the carry
 
-        # scan, not a Python loop: the caption length may be unknown when the graph is traced
+        # scan, not a Python loop: the caption length may be unknown when the graph is traced. Only the
+        # recurrence runs inside it: dropout draws random numbers, which JAX cannot do inside a scan's
+        # body from Keras' seed state, and the readout is one large matmul over every step at once.
         batch = ops.shape(grid)[0]
-        init = (h, c, ops.zeros((batch, self.vocab_size), h.dtype), ops.zeros((batch, grid.shape[1]), h.dtype))
-        _, (_, _, probs, alphas) = ops.scan(one_word, init, ops.transpose(caption))
-        probs = ops.transpose(probs, (1, 0, 2))
-        alphas = ops.transpose(alphas, (1, 0, 2))  # (B, T, P)
+        init = (h, c, ops.zeros((batch, grid.shape[-1]), h.dtype), ops.zeros((batch, grid.shape[1]), h.dtype))
+        _, (hs, _, contexts, alphas) = ops.scan(one_word, init, ops.transpose(emb, (1, 0, 2)))
+        hs, contexts, alphas = (ops.transpose(x, (1, 0, 2)) for x in (hs, contexts, alphas))  # batch-major
+        probs = self._readout(hs, contexts, emb, training)
         if training and self.doubly_stochastic:
             real = ops.cast(ops.not_equal(caption, 0), alphas.dtype)[..., None]
             coverage = ops.sum(alphas * real, axis=1)  # (B, P): how much each cell was looked at

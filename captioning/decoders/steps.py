@@ -9,13 +9,43 @@ must re-read the whole prefix (the bidirectional inject), still batched over ima
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+
+from captioning.console import import_keras
 
 _EPS = 1e-12
 
 
 def log_probs(probs) -> np.ndarray:
     return np.log(np.maximum(np.asarray(probs, dtype=np.float64), _EPS))
+
+
+@functools.cache
+def padded_rows_by_default() -> bool:
+    """JAX compiles a program for every new number of rows (about a second each on a GPU), and search
+    shrinks its batch at almost every step as captions end: a self-critical epoch on a GPU spent 124 s
+    of 150 compiling. TensorFlow relaxes the batch dimension itself after a few shapes."""
+    return import_keras().backend.backend() == "jax"
+
+
+def bucket(rows: int) -> int:
+    """The number of rows a batch is padded to: the next power of two, so a whole search, however
+    its batch shrinks, runs at most log2(rows) + 1 shapes, never more than twice its rows."""
+    return 1 << max(rows - 1, 0).bit_length()
+
+
+def run_rows(fn, inputs: list, pad: bool | None = None) -> list:
+    """``fn(inputs)`` for batch-first arrays, as a list of batch-first NumPy outputs; with ``pad``
+    (by default under JAX) the rows are padded with zeros up to ``bucket(rows)`` and the extra
+    rows cut from the outputs, so no output row depends on the padding."""
+    rows = len(inputs[0])
+    extra = bucket(rows) - rows if (padded_rows_by_default() if pad is None else pad) else 0
+    if extra:
+        inputs = [np.concatenate([a, np.zeros((extra, *a.shape[1:]), a.dtype)]) for a in inputs]
+    out = fn(inputs)
+    return [np.asarray(o)[:rows] for o in (out if isinstance(out, (list, tuple)) else [out])]
 
 
 class StepModel:
@@ -58,7 +88,7 @@ class PrefixSteps(StepModel):
         if self.fixed_length:
             x = np.zeros((len(prefix), self.fixed_length), np.int32)
             x[:, : prefix.shape[1]] = prefix[:, : self.fixed_length]
-        probs = self.model.predict_on_batch([features, x])
+        probs, = run_rows(self.model.predict_on_batch, [features, x])
         return log_probs(probs), [features, prefix]
 
 
