@@ -254,13 +254,23 @@ def _refuse_options_without_effect(a) -> None:
                          "leave out --rerank (or give --rerank 0)")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every default shown, except where there is none to show (None, an unset flag) or the help
+    already says it in words."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from captioning import decoders
     from captioning.data.formats import FORMATS
     from captioning.distribute import CHOICES as DISTRIBUTE
     from captioning.training.fit import MONITORS, FitOptions
     d = FitOptions()
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = argparse.ArgumentParser(formatter_class=_HelpFormatter,
         prog="captioning", description="Image captioning with Keras: cached CNN features, "
         "merge/inject decoders, greedy/beam/sampling inference, BLEU and COCO metrics.")
     parser.add_argument("--version", action="version", version=f"captioning {__version__}")
@@ -269,33 +279,36 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="show TensorFlow's log output and tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add = functools.partial(sub.add_parser, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    add = functools.partial(sub.add_parser, formatter_class=_HelpFormatter,
                             parents=[common])
 
     p = add("make-sample", help="write the built-in synthetic sample data set")
-    p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--images", type=_ranged(int, 3, what=" (one per split)"), default=300)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (Images/ and captions.txt)")
+    p.add_argument("--images", type=_ranged(int, 3, what=" (one per split)"), default=300,
+                   help="scenes to draw, split 70/15/15 into train/dev/test")
+    p.add_argument("--seed", type=int, default=0, help="the same seed draws the same data set")
     p.set_defaults(func=_cmd_make_sample)
 
     p = add("info", help="summarise a data set: splits, vocabulary, lengths, missing images")
     p.add_argument("data", metavar="DATA", help="data-set folder or captions file")
-    p.add_argument("--format", choices=FORMATS)
+    p.add_argument("--format", choices=FORMATS, help="the captions' layout (default: told from the files)")
     p.add_argument("--images", metavar="DIR", help="images folder (default: found next to the captions)")
-    p.add_argument("--min-count", type=_ranged(int, 1), default=5)
+    p.add_argument("--min-count", type=_ranged(int, 1), default=5,
+                   help="vocabulary summary: words seen at least this often in the train captions")
     p.set_defaults(func=_cmd_info)
 
     p = add("extract-features", help="run a CNN over images and cache vectors in HDF5")
-    p.add_argument("images_dir", metavar="IMAGES_DIR")
+    p.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images (sub-folders included)")
     p.add_argument("--backbone", required=True, type=_backbone_name, metavar="NAME",
                    help="xception, inception_v3, resnet50, resnet101, vgg16, densenet201, efficientnet_b0…b3, "
                         "inception_resnet_v2, mobilenet, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large")
     p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a Keras weights file")
     p.add_argument("--out", metavar="FILE.h5", help="default: features/<dataset>_<backbone>.h5")
-    p.add_argument("--batch-size", type=_ranged(int, 1), default=32)
-    p.add_argument("--pooling", choices=["avg", "max"], default="avg")
+    p.add_argument("--batch-size", type=_ranged(int, 1), default=32, help="images per forward pass")
+    p.add_argument("--pooling", choices=["avg", "max"], default="avg", help="how the grid becomes one vector")
     p.add_argument("--spatial", action="store_true", help="store the last convolutional grid")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="stored precision (float16: half the disk, captions unchanged in practice)")
     p.add_argument("--captions", metavar="DATA", help="only the images this data set captions")
     p.add_argument("--image-list", metavar="FILE", help="only the images named in FILE, one a line")
     p.add_argument("--limit", type=_ranged(int, 1), metavar="N", help="only the first N images")
@@ -313,31 +326,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_extract)
 
     p = add("merge-features", help="join the stores of a sharded extraction (same network required)")
-    p.add_argument("out", metavar="OUT.h5")
-    p.add_argument("parts", nargs="+", metavar="PART.h5")
+    p.add_argument("out", metavar="OUT.h5", help="the merged store to write")
+    p.add_argument("parts", nargs="+", metavar="PART.h5", help="the stores of extract-features --shard K/N")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.h5 if it was made differently")
     p.set_defaults(func=_cmd_merge_features)
 
     p = add("fit", help="train a decoder on cached features into a run folder")
-    p.add_argument("--captions", required=True, metavar="DATA")
-    p.add_argument("--format", choices=FORMATS)
-    p.add_argument("--features", required=True, metavar="FILE.h5")
+    p.add_argument("--captions", required=True, metavar="DATA", help="data-set folder or captions file")
+    p.add_argument("--format", choices=FORMATS, help="the captions' layout (default: told from the files)")
+    p.add_argument("--features", required=True, metavar="FILE.h5", help="the store of extract-features")
     p.add_argument("--decoder", default=d.decoder, choices=decoders.names(),
                    help="; ".join(f"{n}: {decoders.get(n).help}" for n in decoders.names()))
     p.add_argument("--model", dest="decoder_deprecated", choices=decoders.names(), help=argparse.SUPPRESS)
-    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to write (or --resume)")
     p.add_argument("--epochs", type=_ranged(int, 1), default=d.epochs, help="the most epochs (early stopping)")
     p.add_argument("--batch-size", type=_ranged(int, 1), default=d.batch_size,
                    help="images per batch on each device (a step takes batch size × devices)")
-    p.add_argument("--embed-dim", type=_ranged(int, 1), default=d.embed_dim)
-    p.add_argument("--units", type=_ranged(int, 1), default=d.units)
-    p.add_argument("--dropout", type=_ranged(float, 0, 0.999999, what=" and < 1"), default=d.dropout)
-    p.add_argument("--rnn", choices=["lstm", "gru"], default="lstm")
+    p.add_argument("--embed-dim", type=_ranged(int, 1), default=d.embed_dim, help="word embedding size")
+    p.add_argument("--units", type=_ranged(int, 1), default=d.units, help="RNN state size")
+    p.add_argument("--dropout", type=_ranged(float, 0, 0.999999, what=" and < 1"), default=d.dropout,
+                   help="dropout rate in the decoder (cross-entropy epochs only)")
+    p.add_argument("--rnn", choices=["lstm", "gru"], default="lstm", help="the recurrent cell")
     p.add_argument("--bidirectional", action="store_true", help="inject only: bidirectional final LSTM")
     p.add_argument("--attention-dim", type=_ranged(int, 1), default=d.attention_dim, help="attention only")
     p.add_argument("--doubly-stochastic", type=_ranged(float, 0), default=d.doubly_stochastic, metavar="LAMBDA",
                    help="attention only: weight of the λ·Σ(1 − Σₜ αₜ)² regulariser")
-    p.add_argument("--learning-rate", type=_ranged(float, 0, low_open=True), default=d.learning_rate)
+    p.add_argument("--learning-rate", type=_ranged(float, 0, low_open=True), default=d.learning_rate,
+                   help="Adam's, for the cross-entropy epochs (halved when the validation loss stalls)")
     p.add_argument("--min-count", type=_ranged(int, 1), default=d.min_count,
                    help="keep words seen at least this often in the train captions")
     p.add_argument("--max-length-percentile", type=_ranged(float, 0, 100, low_open=True),
@@ -350,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then N epochs of self-critical training on CIDEr-D (Rennie et al. 2017; about as long "
                         "as a cross-entropy epoch each; 0: none)")
     p.add_argument("--self-critical-learning-rate", type=_ranged(float, 0, low_open=True),
-                   default=d.self_critical_learning_rate)
-    p.add_argument("--seed", type=int, default=d.seed)
+                   default=d.self_critical_learning_rate, help="Adam's, for the self-critical epochs")
+    p.add_argument("--seed", type=int, default=d.seed, help="initial weights, batch order, dropout, sampling")
     p.add_argument("--pairs", action="store_true", help="train on partial-caption pairs (the reference path)")
     p.add_argument("--on-missing", choices=["skip", "error"], default="skip",
                    help="captioned images absent from the feature store")
@@ -377,10 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("evaluate", help="score a split: BLEU-1..4 (and COCO metrics), eval.json, figure")
     _add_run_option(p)
-    p.add_argument("--captions", required=True, metavar="DATA")
-    p.add_argument("--format", choices=FORMATS)
-    p.add_argument("--features", required=True, metavar="FILE.h5")
-    p.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    p.add_argument("--captions", required=True, metavar="DATA", help="data-set folder or captions file")
+    p.add_argument("--format", choices=FORMATS, help="the captions' layout (default: told from the files)")
+    p.add_argument("--features", required=True, metavar="FILE.h5",
+                   help="a store made like the run's (same backbone and weights)")
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="the images to caption and score")
     p.add_argument("--out", metavar="DIR", help="default: RUN_DIR/eval-<split>")
     p.add_argument("--coco", action="store_true", help="also METEOR/ROUGE-L/CIDEr (needs the coco extra and Java)")
     p.add_argument("--limit", type=_ranged(int, 1), metavar="N", help="first N images of the split")
@@ -389,11 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = add("demo", help="the whole pipeline on the built-in sample set, offline")
-    p.add_argument("--out", default="demo", metavar="DIR")
-    p.add_argument("--images", type=_ranged(int, 3, what=" (one per split)"), default=300)
+    p.add_argument("--out", default="demo", metavar="DIR", help="folder for the data, features and run")
+    p.add_argument("--images", type=_ranged(int, 3, what=" (one per split)"), default=300,
+                   help="sample scenes to draw")
     p.add_argument("--backbone", type=_backbone_name, default="resnet50", metavar="NAME",
                    help="as for extract-features")
-    p.add_argument("--epochs", type=_ranged(int, 1), default=30)
+    p.add_argument("--epochs", type=_ranged(int, 1), default=30, help="the most epochs (early stopping)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

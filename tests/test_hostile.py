@@ -709,3 +709,17 @@ def test_extraction_killed_at_random_moments_resumes_to_the_same_store(base, tmp
     store, ref = FeatureStore.open(out), FeatureStore.open(base["store"])
     assert sorted(store.ids) == sorted(ref.ids) and store.attrs["completed"]
     np.testing.assert_allclose(store[ref.ids], ref[ref.ids], rtol=1e-5, atol=1e-6)
+
+
+def test_every_option_of_every_command_says_what_it_does_and_its_default(capsys):
+    import argparse
+    from captioning.cli import build_parser
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        silent = [a.dest for a in sub._actions if not a.help and not isinstance(a, argparse._HelpAction)]
+        assert not silent, f"captioning {name}: options without help: {silent}"
+        with pytest.raises(SystemExit):
+            sub.parse_args(["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+    assert "(default: 16)" in " ".join(commands["fit"].format_help().split())  # --batch-size

@@ -102,10 +102,10 @@ class FitResult:
         where = "" if self.placement == "one device" else f" ({self.placement})"
         if self.self_critical:
             (_, before), (last, after) = self.self_critical[0], self.self_critical[-1]
-            notes = (f"\n  Then {last} self-critical epochs on CIDEr-D: dev CIDEr-D (greedy) {before:.3f} → "
-                     f"{after:.3f} (self_critical.csv).") + notes
-        return (f"Trained {self.epochs_run} epochs{where} on {self.train_images} images (validated on "
-                f"{self.dev_images}); best validation loss {self.best_val_loss:.3f} nats/word vs "
+            notes = (f"\n  Then {last} self-critical epoch{'s' * (last != 1)} on CIDEr-D: dev CIDEr-D (greedy) "
+                     f"{before:.3f} → {after:.3f} (self_critical.csv).") + notes
+        return (f"Trained {self.epochs_run} epoch{'s' * (self.epochs_run != 1)}{where} on {self.train_images} images "
+                f"(validated on {self.dev_images}); best validation loss {self.best_val_loss:.3f} nats/word vs "
                 f"{self.unigram_val_loss:.3f} for a unigram baseline; vocabulary {self.vocab_size} "
                 f"tokens. Run folder {self.run_dir}: model.keras, vocab.json, config.json, neighbours.h5, "
                 f"history.csv, training_curves.png, checkpoints/.{notes}")
