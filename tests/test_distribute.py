@@ -35,6 +35,9 @@ from captioning.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 TOLERANCE = 5e-3
+# tf.distribute itself: under another backend (KERAS_BACKEND=jax pytest) these have nothing to test
+TENSORFLOW_ONLY = pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
+                                     reason="tf.distribute needs the TensorFlow backend")
 BACKBONE = "efficientnet_b0"
 
 
@@ -73,6 +76,7 @@ def one_device(learnable, tmp_path_factory):
     return out
 
 
+@TENSORFLOW_ONLY
 def test_mirrored_on_two_logical_cpus_matches_one_device(learnable, one_device, tmp_path):
     out = tmp_path / "mirrored"
     stdout = finished(fit_process(learnable["data"], learnable["features"], out, "mirrored", 4, cpus=2))
@@ -92,6 +96,7 @@ def _free_ports(n):
     return ports
 
 
+@TENSORFLOW_ONLY
 def test_multi_worker_two_local_processes_matches_one_device(learnable, one_device, tmp_path):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     scratch = tmp_path / "tmp"
@@ -121,6 +126,7 @@ def test_jax_data_parallel_on_two_host_devices_matches_one_device(learnable, tmp
         assert abs(a["loss"] - b["loss"]) <= 1e-4 * a["loss"]
 
 
+@TENSORFLOW_ONLY
 def test_multi_worker_needs_a_cluster(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(UsageError, match="TF_CONFIG"):
@@ -145,6 +151,7 @@ def _extract(images, out, distribute, env=None, cpus=1, extra=("--limit", "12"))
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@TENSORFLOW_ONLY
 def test_extraction_split_over_two_devices_matches_one(sample_dir, tmp_path):
     """One process, two devices: each batch (5 images, padded to split evenly) is split between them
     (``predict`` under the strategy; under JAX the same call over DataParallel)."""
@@ -181,6 +188,7 @@ for args in json.loads(sys.argv[1]):
 
 
 @pytest.mark.slow  # 25 s; the default run keeps the pooled decoders' mirrored test
+@TENSORFLOW_ONLY
 def test_attention_layers_work_mirrored(sample_dir, tmp_path):
     """The custom attention layers replicated over 2 logical CPUs train as on one device (both runs
     in one process with two logical devices; ``none`` keeps to the first)."""
