@@ -2,7 +2,9 @@
 
 ``fcntl.flock`` locks belong to the open file, so the kernel releases them when the process dies,
 even by kill -9: a stale lock never blocks the next run. The lock file holds the owner's PID, so
-a refused run can say which process holds it.
+a refused run can say which process holds it. A finished writer removes its lock file (one killed
+leaves it, harmless); removing it is done while still holding the lock, and a writer checks after
+locking that the path still names the file it locked, so two writers never hold two files.
 """
 
 from __future__ import annotations
@@ -28,22 +30,33 @@ class WriterLock:
         if fcntl is None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise CaptioningError(f"{self.target} is being written by another {self.what} (process {owner}). Wait "
-                                  "for it to finish, or stop it; two writers would mix their work.") from None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise CaptioningError(f"{self.target} is being written by another {self.what} (process {owner}). "
+                                      "Wait for it to finish, or stop it; two writers would mix their work.") from None
+            if self._still_named(fd):
+                break
+            os.close(fd)  # the previous writer removed this file as we opened it: lock the new one
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
         return self
 
+    def _still_named(self, fd) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
+
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing the file releases the lock; the file itself may stay
+            self.path.unlink(missing_ok=True)  # before unlocking: no one can have locked it meanwhile
+            os.close(self._fd)  # closing the file releases the lock
             self._fd = None
 
     def __enter__(self):

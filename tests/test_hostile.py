@@ -562,6 +562,21 @@ def test_two_extractions_at_once_one_refuses_naming_the_other(base, tmp_path):
     assert sorted(store.ids) == sorted(FeatureStore.open(base["store"]).ids) and store.attrs["completed"]
 
 
+def test_a_writer_lock_is_removed_when_done_and_a_killed_writers_is_taken_over(tmp_path):
+    from captioning.errors import CaptioningError
+    from captioning.lock import WriterLock
+    target = tmp_path / "f.h5"
+    with WriterLock(target, "extract-features"):
+        assert (tmp_path / "f.h5.lock").read_text() == str(os.getpid())
+        with pytest.raises(CaptioningError, match=f"another extract-features \\(process {os.getpid()}\\)"):
+            WriterLock(target, "extract-features").acquire()
+    assert not (tmp_path / "f.h5.lock").exists()  # no litter beside the user's files
+    (tmp_path / "f.h5.lock").write_text("99999999")  # left by a writer killed with -9: no lock is held on it
+    with WriterLock(target, "extract-features"):
+        assert (tmp_path / "f.h5.lock").read_text() == str(os.getpid())
+    assert not (tmp_path / "f.h5.lock").exists()
+
+
 def test_a_merge_killed_before_clean_up_is_completed_by_the_next_run(base, capsys, tmp_path):
     out = tmp_path / "f.h5"
     src = FeatureStore.open(base["store"])
