@@ -75,6 +75,11 @@ def set_random_seed(seed: int) -> None:
         keras.utils.set_random_seed(seed)
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 image', '3 images': summaries read as sentences."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def progress(iterable=None, total=None, desc="", unit="it", disable=None):
     """A tqdm bar with rate and ETA; off when not a terminal unless asked for."""
     from tqdm.auto import tqdm

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from captioning import __version__
-from captioning.console import import_keras, progress
+from captioning.console import count, import_keras, progress
 from captioning.errors import CaptioningError, UsageError
 from captioning.features.backbones import (build_model, describe_weights, embed, get_backbone,
                                           mixed_precision_policy)
@@ -38,9 +38,9 @@ class ExtractionResult:
     def summary(self) -> str:
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
         where = "" if self.placement == "one device" else f", {self.placement}"
-        lines = [f"Wrote {self.written} feature vectors to {self.store.path} in {self.seconds:.1f} s "
+        lines = [f"Wrote the features of {count(self.written, 'image')} to {self.store.path} in {self.seconds:.1f} s "
                  f"({rate:.1f} images/s{where}); {self.skipped} already there were kept; {len(self.failed)} "
-                 f"failed. The store now holds {len(self.store)} images: {self.store.describe()}."]
+                 f"failed. The store now holds {count(len(self.store), 'image')}: {self.store.describe()}."]
         for image_id, reason in self.failed[:10]:
             lines.append(f"  failed: {image_id}: {reason}")
         if len(self.failed) > 10:

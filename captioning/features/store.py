@@ -21,6 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from captioning.console import count
 from captioning.errors import CaptioningError
 from captioning.lock import WriterLock
 
@@ -145,7 +146,7 @@ class FeatureStore:
         state = "complete" if a.get("completed") else "incomplete (re-run extract-features to finish)"
         policy = a.get("compute_dtype_policy", "float32")
         computed = "" if policy == "float32" else f", computed in {policy}"
-        return (f"{self.path}: {len(self)} images × {self.feature_shape} {self.dtype} — {a.get('backbone')} "
+        return (f"{self.path}: {count(len(self), 'image')} × {self.feature_shape} {self.dtype} — {a.get('backbone')} "
                 f"(weights {a.get('weights')}, {a.get('pooling')} pooling, {a.get('input_size')} px{computed}), "
                 f"{len(self.failed)} failed, {state}")
 

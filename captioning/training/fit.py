@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from captioning import atomic, console, decoders
-from captioning.console import import_keras
+from captioning.console import count, import_keras
 from captioning.data import Vocabulary, load_captions, max_caption_length, tokenize
 from captioning.data.text import CleaningOptions
 from captioning.decoders import DecoderConfig, caption_loss
@@ -102,9 +102,9 @@ class FitResult:
         where = "" if self.placement == "one device" else f" ({self.placement})"
         if self.self_critical:
             (_, before), (last, after) = self.self_critical[0], self.self_critical[-1]
-            notes = (f"\n  Then {last} self-critical epoch{'s' * (last != 1)} on CIDEr-D: dev CIDEr-D (greedy) "
+            notes = (f"\n  Then {count(last, 'self-critical epoch')} on CIDEr-D: dev CIDEr-D (greedy) "
                      f"{before:.3f} → {after:.3f} (self_critical.csv).") + notes
-        return (f"Trained {self.epochs_run} epoch{'s' * (self.epochs_run != 1)}{where} on {self.train_images} images "
+        return (f"Trained {count(self.epochs_run, 'epoch')}{where} on {count(self.train_images, 'image')} "
                 f"(validated on {self.dev_images}); best validation loss {self.best_val_loss:.3f} nats/word vs "
                 f"{self.unigram_val_loss:.3f} for a unigram baseline; vocabulary {self.vocab_size} "
                 f"tokens. Run folder {self.run_dir}: model.keras, vocab.json, config.json, neighbours.h5, "
