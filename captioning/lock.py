@@ -53,6 +53,22 @@ class WriterLock:
         except FileNotFoundError:
             return False
 
+    def holder(self) -> str | None:
+        """The PID of the process writing the target now, or None when no one is."""
+        if fcntl is None:
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at close: only a probe
+            return None
+        except BlockingIOError:
+            return os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         if self._fd is not None:
             self.path.unlink(missing_ok=True)  # before unlocking: no one can have locked it meanwhile

@@ -570,7 +570,14 @@ def test_a_writer_lock_is_removed_when_done_and_a_killed_writers_is_taken_over(t
         assert (tmp_path / "f.h5.lock").read_text() == str(os.getpid())
         with pytest.raises(CaptioningError, match=f"another extract-features \\(process {os.getpid()}\\)"):
             WriterLock(target, "extract-features").acquire()
+        assert WriterLock(target, "extract-features").holder() == str(os.getpid())
+        (tmp_path / "f.h5.partial").mkdir()  # its first batches; the store itself does not exist yet
+        with pytest.raises(CaptioningError, match=f"extract-features \\(process {os.getpid()}\\) is writing it now"):
+            FeatureStore.open(target)  # fit or evaluate started too early: not "an interrupted extraction"
     assert not (tmp_path / "f.h5.lock").exists()  # no litter beside the user's files
+    assert WriterLock(target, "extract-features").holder() is None
+    with pytest.raises(CaptioningError, match="An interrupted extraction left batches"):
+        FeatureStore.open(target)
     (tmp_path / "f.h5.lock").write_text("99999999")  # left by a writer killed with -9: no lock is held on it
     with WriterLock(target, "extract-features"):
         assert (tmp_path / "f.h5.lock").read_text() == str(os.getpid())

@@ -55,7 +55,11 @@ class FeatureStore:
         self.path = Path(path)
         if not self.path.is_file():
             hint = ""
-            if partial_dir(self.path).is_dir():
+            writer = WriterLock(self.path, "extract-features").holder()
+            if writer:
+                hint = (f" extract-features (process {writer}) is writing it now: wait for it to finish, then run "
+                        "this again.")
+            elif partial_dir(self.path).is_dir():
                 hint = (f" An interrupted extraction left batches in {partial_dir(self.path)}: run the same "
                         "`captioning extract-features` command again to complete the store.")
             raise CaptioningError(f"{self.path}: no feature store here.{hint}")
