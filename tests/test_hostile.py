@@ -754,3 +754,15 @@ def test_a_decoder_no_better_than_word_frequencies_is_said_so_with_what_to_do(ba
     assert code == 0 and "no better than word frequencies alone" in out and "--resume --epochs N, N above 1" in out
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["results"]["best_val_loss"] >= config["results"]["unigram_val_loss"]
+
+
+def test_captioning_a_run_that_fit_is_still_training_says_so(base, tmp_path, capsys):
+    from captioning.lock import WriterLock
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    (run / "model.keras").unlink()  # as during training: written at the end
+    with WriterLock(run, "captioning fit"):
+        code, _, err = cli(capsys, "caption", base["data"] / "Images" / "sample_00000.jpg", "--run", run)
+        assert code == 1 and f"(process {os.getpid()}) is still training this run" in err
+    code, _, err = cli(capsys, "caption", base["data"] / "Images" / "sample_00000.jpg", "--run", run)
+    assert code == 1 and "the run did not finish; continue it with `captioning fit ... --resume`" in err

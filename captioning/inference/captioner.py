@@ -9,6 +9,7 @@ import numpy as np
 from captioning import decoders
 from captioning.decoders.steps import WithoutTokens
 from captioning.errors import CaptioningError
+from captioning.lock import WriterLock
 from captioning.inference.ensemble import EnsembleSteps
 from captioning.inference.search import Greedy, to_captions
 from captioning.run import Run, load_model
@@ -39,6 +40,10 @@ class Captioner:
         runs = [Run.load(d) for d in dirs]
         for d in dirs:
             if not (d / "model.keras").is_file():
+                writer = WriterLock(d, "captioning fit").holder()
+                if writer:
+                    raise CaptioningError(f"{d}: no model.keras yet — `captioning fit` (process {writer}) is still "
+                                          "training this run; wait for it to finish.")
                 raise CaptioningError(f"{d}: no model.keras — the run did not finish; "
                                       "continue it with `captioning fit ... --resume`.")
         first = runs[0]
