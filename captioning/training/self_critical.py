@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from captioning import atomic, decoders
-from captioning.console import import_keras, progress
+from captioning.console import count, import_keras, progress
 from captioning.decoders.steps import WithoutTokens
 from captioning.evaluation.cider import CiderD
 from captioning.inference.search import Greedy, RandomSampler
@@ -126,7 +126,7 @@ def fine_tune(p, verbose="auto") -> list:
         rows = [{"epoch": 0, "reward": float("nan"), "dev_cider": sc.dev_cider(p.dev_references), "seconds": 0.0}]
     say = verbose != 0
     if say:
-        print(f"Self-critical fine-tuning on CIDEr-D: {o.self_critical_epochs - done} epochs from dev CIDEr-D "
+        print(f"Self-critical fine-tuning on CIDEr-D: {count(o.self_critical_epochs - done, 'epoch')} from dev CIDEr-D "
               f"{rows[0]['dev_cider']:.3f} (greedy).", flush=True)
     batches = -(-len(sc.images) // sc.images_per_batch)
     for epoch in range(done, o.self_critical_epochs):
