@@ -356,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-count", type=_ranged(int, 1), default=d.min_count,
                    help="keep words seen at least this often in the train captions")
     p.add_argument("--max-length-percentile", type=_ranged(float, 0, 100, low_open=True),
-                   default=d.max_length_percentile, help="cut captions longer than this percentile of train caption lengths (100: no cut)")
+                   default=d.max_length_percentile,
+                   help="cut captions longer than this percentile of train caption lengths (100: no cut)")
     p.add_argument("--patience", type=_ranged(int, 1), default=d.patience, help="early stopping, in epochs")
     p.add_argument("--monitor", choices=MONITORS, default=d.monitor,
                    help="what early stopping and the kept epoch follow: validation loss, or the dev split's "

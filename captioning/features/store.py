@@ -150,8 +150,8 @@ class FeatureStore:
         state = "complete" if a.get("completed") else "incomplete (re-run extract-features to finish)"
         policy = a.get("compute_dtype_policy", "float32")
         computed = "" if policy == "float32" else f", computed in {policy}"
-        return (f"{self.path}: {count(len(self), 'image')} × {self.feature_shape} {self.dtype} — {a.get('backbone')} "
-                f"(weights {a.get('weights')}, {a.get('pooling')} pooling, {a.get('input_size')} px{computed}), "
+        return (f"{self.path}: {count(len(self), 'image')} × {self.feature_shape} {self.dtype} — "
+                f"{a.get('backbone')} (weights {a.get('weights')}, {a.get('pooling')} pooling, {a.get('input_size')} px{computed}), "
                 f"{len(self.failed)} failed, {state}")
 
     def close(self):
