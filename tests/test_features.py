@@ -59,6 +59,9 @@ def test_mismatched_store_is_refused_unless_overwrite(tmp_path):
 def test_opening_an_interrupted_store_explains(tmp_path):
     w = FeatureStoreWriter(tmp_path / "s.h5", attrs())
     w.write_batch(["a.jpg"], np.ones((1, 3)))
+    with pytest.raises(CaptioningError, match=r"extract-features \(process \d+\) is writing it now"):
+        FeatureStore.open(tmp_path / "s.h5")  # still being written: not interrupted
+    w.lock.release()  # as when the writer is killed: the kernel releases its lock
     with pytest.raises(CaptioningError, match="interrupted extraction.*run the same"):
         FeatureStore.open(tmp_path / "s.h5")
 
