@@ -8,14 +8,17 @@ Exit codes: 0 success; 1 a problem explained on stderr (bad input, missing weigh
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import json
+import os
 import sys
 
 from captioning import __version__, console
 from captioning.errors import CaptioningError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CLOSED_PIPE = 141  # what a shell reports for a program stopped by SIGPIPE, as `yes | head` is
 
 
 def _cmd_make_sample(a):
@@ -135,8 +138,9 @@ def _cmd_caption(a):
         shown = good[:MAX_GRID]  # a page people can read; thousands of panels would not even render
         caption_grid([(p, r.text, []) for p, r in shown], a.figure, columns=min(3, max(1, len(shown))),
                      title=f"{captioner.decoder.type} — {_describe(strategy)}")
-        what = f"the first {len(shown)} of {len(good)}" if len(shown) < len(good) else f"{len(good)}"
-        print(f"figure of {what} captioned images: {a.figure}", file=sys.stderr)
+        what = (f"the first {len(shown)} of {len(good)} captioned images" if len(shown) < len(good)
+                else console.count(len(good), "captioned image"))
+        print(f"figure of {what}: {a.figure}", file=sys.stderr)
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
@@ -441,10 +445,14 @@ def main(argv=None) -> int:
     except CaptioningError as e:
         print(f"captioning {args.command}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # `captioning caption DIR | head -3`: the reader took what it wanted; no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush has nowhere to fail
+        return EXIT_CLOSED_PIPE
     except OSError as e:  # read-only folders, a full disk, a path that is a folder or a file
         if args.verbose:
             raise
-        where = f"{e.filename}: " if e.filename else ""
+        out = getattr(args, "out", None)
+        where = f"{e.filename}: " if e.filename else (f"writing {out}: " if out and e.errno == errno.ENOSPC else "")
         print(f"captioning {args.command}: error: {where}{e.strerror or e}. Check that the path exists, is "
               "writable and that the disk has space; nothing finished was lost. Run again with --verbose "
               "for the traceback.", file=sys.stderr)

@@ -766,3 +766,19 @@ def test_captioning_a_run_that_fit_is_still_training_says_so(base, tmp_path, cap
         assert code == 1 and f"(process {os.getpid()}) is still training this run" in err
     code, _, err = cli(capsys, "caption", base["data"] / "Images" / "sample_00000.jpg", "--run", run)
     assert code == 1 and "the run did not finish; continue it with `captioning fit ... --resume`" in err
+
+
+def test_a_reader_that_stops_early_gets_the_shells_code_and_no_message(base):
+    read, write = os.pipe()
+    os.close(read)  # like `captioning caption DIR | head` once head has exited
+    with open(write, "wb") as stdout:
+        done = subprocess.run([sys.executable, "-m", "captioning", "caption", base["data"] / "Images", "--run",
+                               base["run"]], stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=240)
+    assert done.returncode == 141 and done.stderr == "", done.stderr
+
+
+def test_a_disk_that_fills_during_fit_names_the_run_folder(base, capsys, tmp_path):
+    with tmpfs(tmp_path / "small", "size=16k") as mount:
+        code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out",
+                           mount / "run", *TINY)
+        assert code == 1 and "space" in err.lower() and "small/run" in err, err
