@@ -299,6 +299,16 @@ def test_evaluate_notes_images_without_features(base, capsys, tmp_path):
     assert code == 0 and f"scored {len(test_images) - 2} of the {len(test_images)} test images" in out
 
 
+def test_evaluate_says_when_the_example_photos_are_not_where_it_looked(base, capsys, tmp_path):
+    code, out, _ = cli(capsys, "evaluate", "--run", base["run"], "--captions", base["data"], "--features",
+                       base["store"], "--limit", "4", "--out", tmp_path / "with")
+    assert code == 0 and "image unavailable" not in out
+    (tmp_path / "elsewhere").mkdir()
+    code, out, _ = cli(capsys, "evaluate", "--run", base["run"], "--captions", base["data"], "--features",
+                       base["store"], "--limit", "4", "--out", tmp_path / "without", "--images", tmp_path / "elsewhere")
+    assert code == 0 and "shows 4 of its 4 photos as 'image unavailable'" in out and "--images" in out
+
+
 # --- (6) data that is quietly wrong -----------------------------------------------------------------
 def test_unbalanced_quote_in_csv_names_file_and_line(capsys, tmp_path):
     lines = ["image,caption", "a.jpg,A dog runs", 'b.jpg,"A cat sits', "c.jpg,A bird flies", "d.jpg,Two men"]

@@ -99,9 +99,13 @@ def evaluate(run_dir, captions, features, split: str = "test", strategy=None, fo
               "settings": settings,
               "captions": [{"image": i, "caption": g.text, "log_prob": g.log_prob, "finished": g.finished,
                             "references": refs_raw[i]} for i, g in zip(images, generated)]}
+    grid = [(dataset.images_root / i, g.text, refs_raw[i]) for i, g in list(zip(images, generated))[:9]]
+    absent = [p for p, _, _ in grid if not p.is_file()]
+    if absent:  # features travel without their photos (a shared store, a Colab session without the images)
+        notes.append(f"examples.png shows {len(absent)} of its {len(grid)} photos as 'image unavailable': "
+                     f"{absent[0]} is not there; give --images with the folder that holds the photos")
     record["notes"] = notes
     atomic.write_text(out / "eval.json", json.dumps(record, indent=1, ensure_ascii=False))
-    grid = [(dataset.images_root / i, g.text, refs_raw[i]) for i, g in list(zip(images, generated))[:9]]
     caption_grid(grid, out / "examples.png",
                  title=f"{split} split — {settings['strategy']} — BLEU-4 {metrics['BLEU-4']:.3f}")
     return EvalResult(metrics, baseline, constant, len(images), settings, out, seconds, notes)
