@@ -709,6 +709,25 @@ def test_resume_refuses_a_changed_setting_instead_of_ignoring_it(base, capsys, t
     assert code == 0 and "Trained 3 epochs" in out
 
 
+def test_resume_refuses_edited_captions_and_accepts_the_same_ones_rewritten(base, capsys, tmp_path):
+    run, data = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(base["run"], run)
+    shutil.copytree(base["data"], data, ignore=shutil.ignore_patterns("Images"))
+    (data / "Images").symlink_to(base["data"] / "Images")
+    token = data / "Flickr8k.token.txt"
+    lines = token.read_text().splitlines()
+    token.write_text("\r\n".join(reversed(lines)))  # the same captions: other order, other line endings
+    code, out, _ = cli(capsys, "fit", "--captions", data, "--features", base["store"], "--out", run,
+                       "--resume", "--epochs", "3")
+    assert code == 0 and "Trained 3 epochs" in out
+    before = digest(run)
+    token.write_text("\n".join(lines).replace(" red ", " crimson "))
+    code, _, err = cli(capsys, "fit", "--captions", data, "--features", base["store"], "--out", run,
+                       "--resume", "--epochs", "4")
+    assert code == 1 and "captions differ from those run" in err and "Nothing was changed" in err
+    assert digest(run) == before
+
+
 def test_resume_from_a_damaged_checkpoint_says_to_start_again(base, capsys, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(base["run"], run)

@@ -8,6 +8,7 @@ crash-safe checkpoints) and ``export`` (the next-word ``model.keras``, curves an
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import shutil
 import tempfile
@@ -255,7 +256,9 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
     dev = _usable(_check_store(store, dataset.split("dev"), "dev", options.on_missing, notes), "dev", cleaning,
                   notes)
 
+    captions_sha256 = {"train": _fingerprint(train), "dev": _fingerprint(dev)}
     if saved is not None:
+        _refuse_changed_captions(out, captions, saved.data.get("captions_sha256"), captions_sha256, train, dev)
         vocab, max_length = saved.vocab, saved.decoder.max_length
     else:
         train_tokens = [tokenize(c, cleaning) for c in train["caption"]]
@@ -274,7 +277,8 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
                         doubly_stochastic=options.doubly_stochastic)
     run = Run(spec, cfg, vocab, training={**dataclasses.asdict(options)},
               data={"source": str(dataset.source.resolve()), "format": dataset.format,
-                    "train_images": int(train["image"].nunique()), "dev_images": int(dev["image"].nunique())},
+                    "train_images": int(train["image"].nunique()), "dev_images": int(dev["image"].nunique()),
+                    "captions_sha256": captions_sha256},
               feature_store=str(Path(features).resolve()))
     run.training["fast_path"] = cfg.decoder.is_causal(cfg) and not options.pairs
     run.training.update(placement=placement.strategy, replicas=placement.replicas,
@@ -283,6 +287,22 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
                    EncodedCaptions.from_table(dev, vocab, max_length),
                    [store.index[i] for i in train["image"].unique()], _references(dev, cleaning),
                    _references(train, cleaning), resume, notes + dataset.notes, placement)
+
+
+def _fingerprint(table) -> str:
+    """The captions a split trains on, whatever the file's line order, line endings or location."""
+    lines = sorted(f"{i}\t{c}" for i, c in zip(table["image"], table["caption"]))
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def _refuse_changed_captions(out, captions, saved: dict | None, now: dict, train, dev) -> None:
+    """Resuming on edited captions would train the saved vocabulary on words it does not hold (as <unk>)."""
+    changed = [split for split in ("train", "dev") if saved and saved.get(split) not in (None, now[split])]
+    if changed:
+        sizes = ", ".join(f"{len(t)} {s} captions now" for s, t in (("train", train), ("dev", dev)) if s in changed)
+        raise CaptioningError(f"--captions {captions}: the {' and '.join(changed)} captions differ from those run "
+                              f"{out} was trained on ({sizes}). Resume with the captions the run began with, or "
+                              "train a new run on these into another folder. Nothing was changed.")
 
 
 def _references(table, cleaning) -> dict:
