@@ -105,7 +105,7 @@ def _describe(strategy) -> str:
 
 
 def _cmd_caption(a):
-    from captioning.inference.captioner import Captioner
+    from captioning.inference.captioner import Captioner, empty_captions_note
     _refuse_options_without_effect(a)  # before the run is loaded
     captioner = Captioner.load(a.run, weights=a.weights)
     strategy = _strategy(a, captioner)
@@ -126,6 +126,9 @@ def _cmd_caption(a):
             print(f"{path}\t{res.text}")
     sys.stdout.flush()
     good = [(p, r) for p, r in results if not isinstance(r, Exception)]
+    empty = empty_captions_note([r for _, r in good], a.run if len(a.run) > 1 else a.run[0])
+    if empty:
+        print(f"captioning caption: note: {empty}", file=sys.stderr)
     if a.attention_figure:
         from captioning.evaluation.figures import attention_figure
         out = a.attention_figure

@@ -45,6 +45,7 @@ def run_demo(out="demo", images: int = 300, backbone: str = "resnet50", epochs: 
     from captioning.data import load_captions
     from captioning.evaluation import evaluate
     from captioning.inference import BeamSearch, Captioner
+    from captioning.inference.captioner import empty_captions_note
     from captioning.training import FitOptions, fit
 
     out = Path(out)
@@ -74,11 +75,14 @@ def run_demo(out="demo", images: int = 300, backbone: str = "resnet50", epochs: 
 
     _say("5/5 captioning three test images straight from their files")
     test_images = load_captions(data).images("test")[:3]
-    for name, cap in zip(test_images, captioner.caption([data / "Images" / i for i in test_images], BeamSearch(3))):
+    captions = captioner.caption([data / "Images" / i for i in test_images], BeamSearch(3))
+    for name, cap in zip(test_images, captions):
         print(f"{data / 'Images' / name}\t{cap.text}")
+    if empty_captions_note(captions, run_dir):
+        print(f"  note: {empty_captions_note(captions, run_dir)}")
 
     print(f"\nDone. Features: {extraction.store.path} ({weights_used}). Run folder: {run_dir} (model.keras, "
-          f"vocab.json, config.json, history.csv, training_curves.png). Test BLEU-4: greedy "
+          f"vocab.json, config.json, neighbours.h5, history.csv, training_curves.png). Test BLEU-4: greedy "
           f"{greedy.metrics['BLEU-4']:.3f}, beam k=3 {beam.metrics['BLEU-4']:.3f} (a constant caption scores "
           f"{greedy.baseline['BLEU-4']:.3f}). Figures: {run_dir / 'training_curves.png'}, "
           f"{beam.out_dir / 'examples.png'}.\nNext: captioning caption YOUR_IMAGE.jpg --run {run_dir} --beam 3")

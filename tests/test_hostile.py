@@ -811,3 +811,27 @@ def test_a_disk_that_fills_during_fit_names_the_run_folder(base, capsys, tmp_pat
         code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out",
                            mount / "run", *TINY)
         assert code == 1 and "space" in err.lower() and "small/run" in err, err
+
+
+def _mute(run):
+    """The run's output layer made to end every caption at once, as an undertrained run often does."""
+    from captioning.run import Run, load_model, save_model
+    model = load_model(run / "model.keras")
+    kernel, bias = model.get_layer("output").get_weights()
+    bias[Run.load(run).vocab.end_id] = 1e4
+    model.get_layer("output").set_weights([kernel, bias])
+    save_model(model, run / "model.keras")
+
+
+def test_empty_captions_are_explained_not_left_as_blank_lines(base, capsys, tmp_path):
+    run = _broken_run(base, tmp_path, _mute)
+    photos = sorted((base["data"] / "Images").iterdir())[:3]
+    code, out, err = cli(capsys, "caption", *photos, "--run", run)
+    assert code == 0 and out.count("\t\n") == 3
+    assert "3 of 3 captions ended before any word" in err and f"--out {run} --resume --epochs N" in err
+    code, out, _ = cli(capsys, "evaluate", "--run", run, "--captions", base["data"], "--features", base["store"],
+                       "--limit", "5", "--out", tmp_path / "ev")
+    assert code == 0 and "5 of 5 captions ended before any word" in out
+    from types import SimpleNamespace
+    from captioning.inference.captioner import empty_captions_note
+    assert empty_captions_note([SimpleNamespace(text="a dog runs")], run) is None

@@ -16,7 +16,7 @@ from captioning.errors import CaptioningError
 from captioning.evaluation.bleu import bleu_scores
 from captioning.evaluation.figures import caption_grid
 from captioning.features import FeatureStore
-from captioning.inference.captioner import Captioner
+from captioning.inference.captioner import Captioner, empty_captions_note
 from captioning.inference.search import Greedy
 
 
@@ -80,6 +80,7 @@ def evaluate(run_dir, captions, features, split: str = "test", strategy=None, fo
     start = time.perf_counter()
     generated = captioner.caption_features(features, strategy)
     seconds = time.perf_counter() - start
+    notes += [n for n in [empty_captions_note(generated, run_dir)] if n]
     refs = [[tokenize(c, vocab.cleaning) for c in refs_raw[i]] for i in images]
     hyps = [g.words for g in generated]
     metrics = bleu_scores(refs, hyps)

@@ -15,6 +15,18 @@ from captioning.inference.search import Greedy, to_captions
 from captioning.run import Run, load_model
 
 
+def empty_captions_note(captions, run_dir) -> str | None:
+    """Captions that ended before any word are the sign of a run that has not learned yet: say so,
+    rather than leave blank lines to puzzle over."""
+    n = sum(not c.text for c in captions)
+    if not n:
+        return None
+    run = " + ".join(map(str, run_dir)) if isinstance(run_dir, (list, tuple)) else run_dir
+    return (f"{n} of {len(captions)} captions ended before any word, as a run that has not learned yet does: "
+            f"train {run} longer (`captioning fit ... --out {run} --resume --epochs N`, N above the epochs "
+            "in its history.csv).")
+
+
 class Captioner:
     """One run, or several runs captioning together (an ensemble: ``load`` with a list of folders)."""
 
