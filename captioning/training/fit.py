@@ -389,8 +389,8 @@ def export(p: FitPlan) -> FitResult:
     if not best < unigram:
         p.notes.append(f"the decoder predicts the dev captions no better than word frequencies alone (validation "
                        f"loss {best:.3f} ≥ {unigram:.3f}): it has not learned to use the images yet. Train longer "
-                       f"(the same command with --resume --epochs N, N above {len(rows)}), or check that the features "
-                       "were extracted from these captions' images.")
+                       f"(`captioning fit ... --out {p.out} --resume --epochs N`, N above {len(rows)}), or check that "
+                       "the features were extracted from these captions' images.")
     result = FitResult(p.out, len(rows), best, unigram, len(p.run.vocab),
                        p.run.data["train_images"], p.run.data["dev_images"], p.notes, p.placement.describe())
     p.run.results = {"epochs_run": result.epochs_run, "best_val_loss": best, "unigram_val_loss": result.unigram_val_loss}
