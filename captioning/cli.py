@@ -50,8 +50,17 @@ def _cmd_extract(a):
 
 def _cmd_merge_features(a):
     from captioning.features.store import merge_features
-    store, notes = merge_features(a.out, a.parts, overwrite=a.overwrite)
-    print(f"Merged {len(a.parts)} stores into {store.describe()}." + "".join(f"\n  note: {n}" for n in notes))
+    out, parts = a.out, a.parts
+    if out is None:  # the form before 0.3.2: OUT.h5 first among the positional names
+        if len(parts) < 2:
+            raise UsageError("name the merged store with --out OUT.h5 (and the shard stores after it)")
+        out, parts = parts[0], parts[1:]
+        print(f"captioning merge-features: note: the merged store goes after --out now, as in the other commands: "
+              f"`captioning merge-features --out {out} {' '.join(parts)}` (the old form goes in the next release).",
+              file=sys.stderr)
+    store, notes = merge_features(out, parts, overwrite=a.overwrite)
+    print(f"Merged {console.count(len(parts), 'store')} into {store.describe()}."
+          + "".join(f"\n  note: {n}" for n in notes))
     return EXIT_OK if store.attrs.get("completed") else EXIT_PARTIAL
 
 
@@ -333,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_extract)
 
     p = add("merge-features", help="join the stores of a sharded extraction (same network required)")
-    p.add_argument("out", metavar="OUT.h5", help="the merged store to write")
     p.add_argument("parts", nargs="+", metavar="PART.h5", help="the stores of extract-features --shard K/N")
+    p.add_argument("--out", metavar="OUT.h5", help="the merged store to write (required)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.h5 if it was made differently")
     p.set_defaults(func=_cmd_merge_features)
 

@@ -206,15 +206,18 @@ def test_three_shards_merge_to_exactly_the_single_process_store(sample_dir, tmp_
         parts.append(str(tmp_path / f"part{k}.h5"))
     sizes = [len(FeatureStore.open(p)) for p in parts]
     assert sum(sizes) == len(whole) and max(sizes) - min(sizes) <= 1
-    assert main(["merge-features", str(tmp_path / "merged.h5"), *parts]) == 0
+    assert main(["merge-features", "--out", str(tmp_path / "merged.h5"), *parts]) == 0
+    assert "Merged 3 stores into" in capsys.readouterr().out
     merged = FeatureStore.open(tmp_path / "merged.h5")
     assert sorted(merged.ids) == sorted(whole.ids) and merged.attrs["completed"]
     np.testing.assert_array_equal(merged[whole.ids], whole[whole.ids])
     assert merged.spec.compatible_with(whole.spec)
     # a missing shard is reported and the result marked incomplete; mixed networks are refused
-    assert main(["merge-features", str(tmp_path / "two.h5"), *parts[:2]]) == 3
-    assert "shards 3/3 are missing" in capsys.readouterr().out
+    assert main(["merge-features", str(tmp_path / "two.h5"), *parts[:2]]) == 3  # the form before 0.3.2, with a note
+    out, err = capsys.readouterr()
+    assert "Merged 2 stores" in out and "shards 3/3 are missing" in out and "merge-features --out" in err
+    assert main(["merge-features", parts[0]]) == 2 and "--out OUT.h5" in capsys.readouterr().err
     other = extract_features(sample_dir / "Images", backbone="efficientnet_b0", weights="none", seed=9, limit=3,
                              out=tmp_path / "other.h5", show_progress=False).store.path
-    assert main(["merge-features", str(tmp_path / "bad.h5"), parts[0], str(other)]) == 1
+    assert main(["merge-features", "--out", str(tmp_path / "bad.h5"), parts[0], str(other)]) == 1
     assert "made differently" in capsys.readouterr().err
