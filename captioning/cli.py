@@ -23,10 +23,10 @@ EXIT_CLOSED_PIPE = 141  # what a shell reports for a program stopped by SIGPIPE,
 
 def _cmd_make_sample(a):
     from captioning.data import load_captions, make_sample
-    out = make_sample(a.out_dir, images=a.images, seed=a.seed)
+    out = make_sample(a.out_dir, images=a.scenes, seed=a.seed)
     ds = load_captions(out)
     counts = ", ".join(f"{s} {len(ds.images(s))}" for s in ("train", "dev", "test"))
-    print(f"Wrote {a.images} images and {len(ds.table)} captions to {out} "
+    print(f"Wrote {a.scenes} images and {len(ds.table)} captions to {out} "
           f"(Flickr8k layout: Images/, Flickr8k.token.txt, split lists; {counts}).")
 
 
@@ -188,7 +188,7 @@ def _cmd_evaluate(a):
 
 def _cmd_demo(a):
     from captioning.demo import run_demo
-    run_demo(a.out, images=a.images, backbone=a.backbone, epochs=a.epochs)
+    run_demo(a.out, images=a.scenes, backbone=a.backbone, epochs=a.epochs)
 
 
 def _ranged(kind, low, high=None, low_open=False, what=""):
@@ -300,8 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("make-sample", help="write the built-in synthetic sample data set")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (Images/ and captions.txt)")
-    p.add_argument("--images", type=_ranged(int, 3, what=" (one per split)"), default=300,
+    p.add_argument("--scenes", type=_ranged(int, 3, what=" (one per split)"), default=300,
                    help="scenes to draw, split 70/15/15 into train/dev/test")
+    p.add_argument("--images", dest="scenes_deprecated", type=_ranged(int, 3, what=" (one per split)"),
+                   help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help="the same seed draws the same data set")
     p.set_defaults(func=_cmd_make_sample)
 
@@ -423,8 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", help="the whole pipeline on the built-in sample set, offline")
     p.add_argument("--out", default="demo", metavar="DIR", help="folder for the data, features and run")
-    p.add_argument("--images", type=_ranged(int, 3, what=" (one per split)"), default=300,
+    p.add_argument("--scenes", type=_ranged(int, 3, what=" (one per split)"), default=300,
                    help="sample scenes to draw")
+    p.add_argument("--images", dest="scenes_deprecated", type=_ranged(int, 3, what=" (one per split)"),
+                   help=argparse.SUPPRESS)
     p.add_argument("--backbone", type=_backbone_name, default="resnet50", metavar="NAME",
                    help="as for extract-features")
     p.add_argument("--epochs", type=_ranged(int, 1), default=30, help="the most epochs (early stopping)")
@@ -433,13 +437,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _renamed_options(parser, args) -> None:
-    """--model meant the decoder in fit and the run folder elsewhere; the old spellings still work."""
+    """--model meant the decoder in fit and the run folder elsewhere, --images a number of scenes in
+    make-sample and demo; the old spellings still work."""
     for new, old, flag in (("decoder", "decoder_deprecated", "--decoder"), ("run", "run_deprecated", "--run")):
         if getattr(args, old, None) is not None:
             print(f"captioning {args.command}: note: --model is deprecated here; use {flag} "
                   "(the old spelling goes in the next release).", file=sys.stderr)
             value = getattr(args, old)
             setattr(args, new, [value] if new == "run" else value)
+    if getattr(args, "scenes_deprecated", None) is not None:
+        print(f"captioning {args.command}: note: --images is deprecated here; use --scenes (--images names an "
+              "images folder in the other commands; the old spelling goes in the next release).", file=sys.stderr)
+        args.scenes = args.scenes_deprecated
     if hasattr(args, "run_deprecated") and not args.run:
         parser.error(f"{args.command}: the following arguments are required: --run RUN_DIR")
 

@@ -211,8 +211,14 @@ def test_summary_counts(sample_dir):
     assert 10 < s.vocabulary_size < 40
 
 
-def test_cli_make_sample_and_info(tmp_path, capsys):
+def test_make_sample_takes_the_old_images_spelling_with_a_note(tmp_path, capsys):
     assert main(["make-sample", str(tmp_path / "s"), "--images", "10"]) == 0
+    out, err = capsys.readouterr()
+    assert "Wrote 10 images" in out and "use --scenes" in err
+
+
+def test_cli_make_sample_and_info(tmp_path, capsys):
+    assert main(["make-sample", str(tmp_path / "s"), "--scenes", "10"]) == 0
     (tmp_path / "s" / "Images" / "extra.jpg").write_bytes(b"x")
     (tmp_path / "s" / "Images" / "sample_00000.jpg").unlink()
     capsys.readouterr()

@@ -99,8 +99,8 @@ def test_caption_option_out_of_range_is_a_usage_error(capsys, tmp_path, option, 
     ("extract-features", "--batch-size", "0"), ("extract-features", "--limit", "0"),
     ("extract-features", "--workers", "-1"), ("extract-features", "--shard", "4/3"),
     ("extract-features", "--shard", "half"), ("extract-features", "--backbone", "resnet5"),
-    ("demo", "--images", "0"), ("demo", "--images", "-5"), ("demo", "--epochs", "0"),
-    ("demo", "--backbone", "nonsense"), ("make-sample", "--images", "2"), ("info", "--min-count", "0")])
+    ("demo", "--scenes", "0"), ("demo", "--scenes", "-5"), ("demo", "--images", "2"), ("demo", "--epochs", "0"),
+    ("demo", "--backbone", "nonsense"), ("make-sample", "--scenes", "2"), ("info", "--min-count", "0")])
 def test_other_options_out_of_range_are_usage_errors(capsys, tmp_path, command, option, value):
     args = {"evaluate": ["evaluate", "--run", tmp_path, "--captions", tmp_path, "--features", tmp_path / "f.h5"],
             "extract-features": ["extract-features", tmp_path, "--backbone", "resnet50"],
