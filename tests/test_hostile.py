@@ -836,3 +836,11 @@ def test_empty_captions_are_explained_not_left_as_blank_lines(base, capsys, tmp_
     from types import SimpleNamespace
     from captioning.inference.captioner import empty_captions_note
     assert empty_captions_note([SimpleNamespace(text="a dog runs")], run) is None
+
+
+def test_the_python_api_names_the_photo_it_cannot_read(base, tmp_path):
+    from captioning.features.images import ImageError
+    from captioning.inference import Captioner
+    good = sorted((base["data"] / "Images").iterdir())[0]
+    with pytest.raises(ImageError, match=f"{tmp_path / 'missing.jpg'}: file not found"):
+        Captioner.load(base["run"]).caption([good, tmp_path / "missing.jpg"])

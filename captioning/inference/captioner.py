@@ -15,6 +15,17 @@ from captioning.inference.search import Greedy, to_captions
 from captioning.run import Run, load_model
 
 
+def _named(load, image, size):
+    """``load`` with the file named in its error: in a list of photos, "file not found" alone says not which."""
+    from captioning.features.images import ImageError
+    try:
+        return load(image, size)
+    except ImageError as e:
+        if isinstance(image, np.ndarray):
+            raise
+        raise ImageError(f"{image}: {e}") from None
+
+
 def empty_captions_note(captions, run_dir) -> str | None:
     """Captions that ended before any word are the sign of a run that has not learned yet: say so,
     rather than leave blank lines to puzzle over."""
@@ -118,7 +129,7 @@ class Captioner:
         from captioning.features.backbones import embed
         from captioning.features.images import load_image
         bb, model = self.backbone
-        return embed(model, bb, [load_image(im, bb.input_size) for im in images], self.features.pooling)
+        return embed(model, bb, [_named(load_image, im, bb.input_size) for im in images], self.features.pooling)
 
     def caption(self, images, strategy=None, max_length=None) -> list:
         """Captions for image paths or arrays (raises on an unreadable image)."""
