@@ -1,15 +1,17 @@
 """Benchmark: caption quality on real Flickr8k features, per decoder, with the default settings (not a test).
 
     python bench/quality.py [--decoders merge,init-inject,pre-inject,inject] [--out work/quality]
-                            [--beam 3] [--rerank 40] [--ensemble init-inject,merge]
+                            [--beam 5] [--rerank 40] [--matching 1] [--ensemble init-inject,merge]
                             [--set epochs=30 --set units=512 ...]
 
 Trains each decoder with ``captioning fit``'s defaults on the real MobileNetV2 feature store in
 ``../shared/flickr8k/features/`` (6,000 train images), then scores the **dev** split (1,000 images,
-5 references each) with pycocoevalcap: BLEU-1..4, METEOR, ROUGE-L, CIDEr, greedy, beam search, and
-beam search with consensus re-ranking (what ``captioning evaluate --beam 3`` does by default).
+5 references each) with pycocoevalcap: BLEU-1..4, METEOR, ROUGE-L, CIDEr, greedy, beam search,
+beam search re-ranked by the neighbours' consensus alone (``--matching 0``), and re-ranked by the
+consensus plus the image–caption matcher (what ``captioning evaluate --beam 5`` does by default).
 The Flickr8k test split is withheld on these machines, so every number here is a dev score. A run
-folder that already holds ``model.keras`` is evaluated again, not retrained. About 10 minutes per
+folder that already holds ``model.keras`` is evaluated again, not retrained (one from before
+version 0.4 first gets its ``matcher.keras`` through ``fit --resume``). About 10 minutes per
 decoder on 2 CPU cores (inject, with two LSTMs, about 20).
 """
 
@@ -54,9 +56,10 @@ def main():
     p.add_argument("--captions", default=str(SHARED))
     p.add_argument("--features", default=str(SHARED / "features" / "flickr8k_mobilenet_v2_trainval.h5"))
     p.add_argument("--out", default="work/quality")
-    p.add_argument("--beam", type=int, default=3)
+    p.add_argument("--beam", type=int, default=5)
     p.add_argument("--length-penalty", type=float, default=None, help="default: BeamSearch's")
     p.add_argument("--rerank", type=int, default=40, help="consensus re-ranking's neighbours (the CLI's default)")
+    p.add_argument("--matching", type=float, default=1.0, help="the matcher's weight in re-ranking (the CLI's default)")
     p.add_argument("--ensemble", action="append", default=[], metavar="RUN,RUN",
                    help="also score these runs (folders under --out, or paths) captioning together, beam + re-ranking")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a FitOptions field")
@@ -73,8 +76,13 @@ def main():
             start = time.perf_counter()
             print(fit(a.captions, a.features, run, options, verbose=2).summary(), flush=True)
             seconds = time.perf_counter() - start
+        elif a.matching and not (run / "matcher.keras").is_file():
+            fit(a.captions, a.features, run, options, resume=True, verbose=0)  # writes what 0.4 adds
         captioner = Captioner.load(run)
-        for strategy, name in ((Greedy(), "greedy"), (beam, "beam"), (captioner.reranked(beam, a.rerank), "rerank")):
+        strategies = [(Greedy(), "greedy"), (beam, "beam"), (captioner.reranked(beam, a.rerank, 0.0), "consensus")]
+        if a.matching:
+            strategies.append((captioner.reranked(beam, a.rerank, a.matching), "rerank"))
+        for strategy, name in strategies:
             result = evaluate(run, a.captions, a.features, split="dev", strategy=strategy, coco=True,
                               captioner=captioner, out=run / f"eval-dev-{name}")
             print(result.summary(), flush=True)
@@ -82,8 +90,8 @@ def main():
     for members in a.ensemble:
         runs = [Path(a.out) / m if (Path(a.out) / m).is_dir() else Path(m) for m in members.split(",")]
         captioner = Captioner.load(runs)
-        result = evaluate(runs, a.captions, a.features, split="dev", strategy=captioner.reranked(beam, a.rerank),
-                          coco=True, captioner=captioner)
+        result = evaluate(runs, a.captions, a.features, split="dev", coco=True, captioner=captioner,
+                          strategy=captioner.reranked(beam, a.rerank, a.matching))
         print(result.summary(), flush=True)
         rows.append((f"ensemble of {' + '.join(r.name for r in runs)}", result.settings, result.metrics, None))
     print(f"\nFlickr8k **dev** split (1,000 images), features {Path(a.features).name}; "
@@ -93,7 +101,8 @@ def main():
     for decoder, strategy, m, seconds in rows:
         how = "greedy" if strategy["strategy"] == "greedy" else f"beam {strategy['k']} (α {strategy['alpha']})"
         if "rerank" in strategy:
-            how += f" + re-ranking ({strategy['neighbours']} neighbours)"
+            how += f" + re-ranking ({strategy['neighbours']} neighbours" + (
+                f", matching {strategy['matching']:g})" if "matching" in strategy else ")")
         cells = " | ".join("n/a" if m.get(k) is None else f"{m[k]:.3f}" for k in METRICS)
         print(f"| {decoder} | {how} | {cells} | {'' if seconds is None else f'{seconds:.0f}'} |")
     print("\nPublished anchors (Flickr8k **test** split): " + "; ".join(

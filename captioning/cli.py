@@ -103,7 +103,7 @@ def _strategy(a, captioner):
         return Greedy()
     search = BeamSearch(a.beam, a.length_penalty)
     if a.rerank and not getattr(a, "attention_figure", None):  # the maps belong to beam search's own choice
-        return captioner.reranked(search, a.rerank)
+        return captioner.reranked(search, a.rerank, a.matching)
     return search
 
 
@@ -245,6 +245,9 @@ def _add_strategy_options(p):
     p.add_argument("--rerank", type=_ranged(int, 0), default=40, metavar="N", action=_Given,
                    help="beam: of the finished captions, keep the one the captions of the N train images most "
                         "like this one agree with most (consensus re-ranking; 0: beam search's own choice)")
+    p.add_argument("--matching", type=_ranged(float, 0), default=1.0, metavar="W", action=_Given,
+                   help="re-ranking: add W × how well each caption fits the photo (the run's image–caption "
+                        "matcher, matcher.keras) to the neighbours' consensus; 0: consensus alone")
     p.add_argument("--sample", action="store_true", help="sample instead of searching")
     p.add_argument("--temperature", type=_ranged(float, 0, low_open=True), default=1.0, action=_Given,
                    help="with --sample")
@@ -262,9 +265,14 @@ def _refuse_options_without_effect(a) -> None:
     unused += [o for o in ("--length-penalty",) if o in given and not beam]
     if "--rerank" in given and a.rerank and not beam:
         unused.append("--rerank")
+    if "--matching" in given and a.matching and not beam:
+        unused.append("--matching")
     if unused:
         needs = "--sample" if unused[0] in ("--temperature", "--top-k", "--seed") else "--beam K (K ≥ 2)"
         raise UsageError(f"{unused[0]} has no effect without {needs}; add it or leave {unused[0]} out")
+    if "--matching" in given and a.matching and not a.rerank:
+        raise UsageError("--matching weighs a re-ranking score, and --rerank 0 turns re-ranking off: give --rerank N "
+                         "(N ≥ 1) or leave --matching out")
     if "--rerank" in given and a.rerank and getattr(a, "attention_figure", None):
         raise UsageError("--attention-figure draws beam search's own choice, so it cannot be re-ranked: "
                          "leave out --rerank (or give --rerank 0)")

@@ -82,7 +82,8 @@ def run_demo(out="demo", images: int = 300, backbone: str = "resnet50", epochs: 
         print(f"  note: {empty_captions_note(captions, run_dir)}")
 
     print(f"\nDone. Features: {extraction.store.path} ({weights_used}). Run folder: {run_dir} (model.keras, "
-          f"vocab.json, config.json, neighbours.h5, history.csv, training_curves.png). Test BLEU-4: greedy "
+          f"vocab.json, config.json, neighbours.h5, matcher.keras, history.csv, training_curves.png). "
+          f"Test BLEU-4: greedy "
           f"{greedy.metrics['BLEU-4']:.3f}, beam k=3 {beam.metrics['BLEU-4']:.3f} (a constant caption scores "
           f"{greedy.baseline['BLEU-4']:.3f}). Figures: {run_dir / 'training_curves.png'}, "
           f"{beam.out_dir / 'examples.png'}.\nNext: captioning caption YOUR_IMAGE.jpg --run {run_dir} --beam 3")

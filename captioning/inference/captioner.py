@@ -52,6 +52,7 @@ class Captioner:
         self._weights_override = weights
         self._backbone = None
         self._consensus = None
+        self._matcher = None
         self.notes = []
 
     @classmethod
@@ -83,10 +84,12 @@ class Captioner:
         return cls(models, first, dirs[0] if len(dirs) == 1 else dirs, weights, [r.decoder for r in runs])
 
     # --- decoding --------------------------------------------------------------------------------
-    def reranked(self, search, neighbours: int = 40):
+    def reranked(self, search, neighbours: int = 40, matching: float = 1.0):
         """``search`` (beam search) followed by consensus re-ranking over the run's ``neighbours.h5``
-        (``captioning.inference.consensus``); ``search`` itself, with a note, when the run has none."""
+        (``captioning.inference.consensus``), plus ``matching`` × the image–caption match of its
+        ``matcher.keras`` (``captioning.inference.matching``); what the run lacks is left out, with a note."""
         from captioning.inference import consensus
+        from captioning.inference import matching as match
         home = Path(self.run_dir[0] if isinstance(self.run_dir, (list, tuple)) else self.run_dir or ".")
         if self._consensus is None:
             if not (home / consensus.FILE).is_file():
@@ -94,7 +97,14 @@ class Captioner:
                                   "search's own, not re-ranked; `captioning fit ... --resume` on the run adds it.")
                 return search
             self._consensus = consensus.Consensus.load(home / consensus.FILE)
-        return consensus.ConsensusRerank(search, self._consensus, self.vocab, neighbours)
+        if matching and self._matcher is None:
+            if (home / match.FILE).is_file():
+                self._matcher = match.Matcher.load(home / match.FILE, self.vocab.end_id)
+            else:
+                self.notes.append(f"{home} has no {match.FILE} (runs before version 0.4): re-ranked by the neighbours' "
+                                  "consensus alone; `captioning fit ... --resume` on the run adds it.")
+        return consensus.ConsensusRerank(search, self._consensus, self.vocab, neighbours,
+                                         self._matcher if matching else None, matching)
 
     # --- from features -------------------------------------------------------------------------
     def caption_features(self, features, strategy=None, max_length=None, batch_size: int = 256) -> list:

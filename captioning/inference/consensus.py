@@ -100,25 +100,33 @@ class Consensus:
 
 @dataclasses.dataclass
 class ConsensusRerank:
-    """A decoding strategy: ``search`` (beam search) proposes, the neighbours' captions choose."""
+    """A decoding strategy: ``search`` (beam search) proposes, the neighbours' captions choose, with
+    the image–caption ``matcher`` (``matching.Matcher``) adding ``matching`` × its cosine when given."""
 
     search: object  # BeamSearch: its finished alternatives are the candidates
     consensus: Consensus
     vocab: object
     neighbours: int = 40
+    matcher: object = None
+    matching: float = 1.0
 
     def describe(self):
-        return {**self.search.describe(), "rerank": "consensus", "neighbours": self.neighbours}
+        d = {**self.search.describe(), "rerank": "consensus", "neighbours": self.neighbours}
+        return {**d, "matching": self.matching} if self.matcher is not None and self.matching else d
 
     def __call__(self, steps, features, start_id, end_id, max_length) -> Hypotheses:
         hyps = self.search(steps, features, start_id, end_id, max_length)
         near = self.consensus.neighbours(features, self.neighbours)
         tokens, log_probs, finished = list(hyps.tokens), list(hyps.log_probs), list(hyps.finished)
         extras = list(hyps.extras)
+        candidates = [[t for t, _, _ in alternatives] for alternatives in hyps.alternatives]
+        match = (self.matcher.scores(features, candidates) if self.matcher is not None and self.matching
+                 else [0.0] * len(candidates))
         for i, alternatives in enumerate(hyps.alternatives):
             if len(alternatives) < 2:
                 continue
-            best = int(np.argmax(self.consensus.scores([self.vocab.decode(t) for t, _, _ in alternatives], near[i])))
+            agree = self.consensus.scores([self.vocab.decode(t) for t in candidates[i]], near[i])
+            best = int(np.argmax(agree + self.matching * np.asarray(match[i])))
             if best:  # beam search's own choice is alternatives[0]
                 tokens[i], log_probs[i], finished[i] = alternatives[best][0], alternatives[best][1], True
                 if extras:

@@ -28,6 +28,7 @@ from captioning.run import Run, load_model, save_model
 from captioning.training.checkpoints import RunCheckpoints, history_rows, read_state
 from captioning.training.curves import plot_history
 from captioning.distribute import CHOICES as DISTRIBUTE, Placement, feed, place, prepare, release
+from captioning.training import matching
 from captioning.training.sequences import CaptionSequence, EncodedCaptions, PairSequence
 
 keras = import_keras()
@@ -109,7 +110,7 @@ class FitResult:
                 f"(validated on {self.dev_images}); best validation loss {self.best_val_loss:.3f} nats/word vs "
                 f"{self.unigram_val_loss:.3f} for a unigram baseline; vocabulary {self.vocab_size} "
                 f"tokens. Run folder {self.run_dir}: model.keras, vocab.json, config.json, neighbours.h5, "
-                f"history.csv, training_curves.png, checkpoints/.{notes}")
+                f"matcher.keras, history.csv, training_curves.png, checkpoints/.{notes}")
 
 
 @dataclasses.dataclass
@@ -368,8 +369,8 @@ def train(p: FitPlan, verbose="auto"):
     return model
 
 
-def export(p: FitPlan) -> FitResult:
-    """Save the best epoch as the next-word ``model.keras``, the curves and the results."""
+def export(p: FitPlan, verbose="auto") -> FitResult:
+    """Save the best epoch as the next-word ``model.keras``, the re-ranking files, the curves and the results."""
     if not (p.checkpoints / "best.keras").is_file():
         raise CaptioningError(f"no epoch of {p.out} reached a finite {p.options.monitor} (training diverged); "
                               "start again with a lower --learning-rate.")
@@ -382,6 +383,7 @@ def export(p: FitPlan) -> FitResult:
         next_word.set_weights(best_model.get_weights())
     save_model(next_word, p.out / "model.keras")
     _write_neighbours(p)
+    matching.write(p, verbose)
     rows = history_rows(p.out / "history.csv")
     plot_history(rows, p.out / "training_curves.png", title=f"Training curves — {p.out.name}")
     best = min(r["val_loss"] for r in rows)  # reported as loss whatever the monitor
@@ -426,7 +428,7 @@ def fit(captions, features, out, options: FitOptions = FitOptions(), format=None
             train(p, verbose)
             release(placement)  # one device from here: sampling moves batches of every size
             tune(p, verbose)
-            return export(p)
+            return export(p, verbose)
     finally:
         release(placement)
 

@@ -1,0 +1,85 @@
+"""Image–caption matching: how well a caption fits *this* photo, as a second voice in re-ranking.
+
+Consensus re-ranking (``consensus``) asks what photos like this one are usually called, so it
+favours the captions of the photo's neighbourhood; it cannot tell two photos of that neighbourhood
+apart. A two-tower matcher (Frome et al. 2013, Kiros et al. 2014; trained contrastively like
+VSE++/CLIP on the train images and their captions by ``captioning.training.matching``) maps a
+photo's features and a caption's words into one space where the right caption lies closest. Its
+cosine, added to the consensus score, lifted dev CIDEr by 0.02–0.03 for each of three runs tried
+(README, "Results on Flickr8k").
+
+``fit`` writes the matcher into the run folder as ``matcher.keras`` (safe-mode loadable: stock
+layers only, the feature standardisation inside).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from captioning.console import import_keras
+
+FILE = "matcher.keras"
+DIMENSIONS = 512
+
+
+def build(feature_dim: int, vocab_size: int, max_length: int, mean, std, dropout: float = 0.3):
+    """The two towers as one model: ([features (N, D), caption ids (N, max_length), 0-padded]) →
+    [image vectors, caption vectors], both unit length."""
+    keras = import_keras()
+    layers = keras.layers
+    image = keras.Input((feature_dim,), name="image")
+    x = layers.Normalization(mean=np.asarray(mean), variance=np.square(np.asarray(std)), name="standardise")(image)
+    x = layers.Dropout(dropout)(x)
+    x = layers.Dense(1024, activation="relu", name="image_hidden")(x)
+    x = layers.Dropout(dropout)(x)
+    image_vector = layers.UnitNormalization(name="image_vector")(layers.Dense(DIMENSIONS, name="image_out")(x))
+    caption = keras.Input((max_length,), dtype="int32", name="caption")
+    w = layers.Embedding(vocab_size, 300, mask_zero=True, name="words")(caption)  # <pad> is id 0
+    w = layers.GlobalAveragePooling1D(name="mean_word")(w)
+    w = layers.Dense(1024, activation="relu", name="caption_hidden")(w)
+    caption_vector = layers.UnitNormalization(name="caption_vector")(layers.Dense(DIMENSIONS, name="caption_out")(w))
+    return keras.Model([image, caption], [image_vector, caption_vector], name="matcher")
+
+
+def padded(captions, max_length: int) -> np.ndarray:
+    """Word-id lists (no start token; an end token and what follows are dropped) as a 0-padded array."""
+    out = np.zeros((len(captions), max_length), np.int32)
+    for i, ids in enumerate(captions):
+        ids = list(ids)[:max_length]
+        out[i, :len(ids)] = ids
+    return out
+
+
+class Matcher:
+    """A trained matcher, ready to score candidate captions of photos."""
+
+    def __init__(self, model, end_id: int):
+        self.model, self.end_id = model, end_id
+        self.max_length = int(model.inputs[1].shape[1])
+
+    @classmethod
+    def load(cls, path, end_id: int) -> "Matcher":
+        from captioning.errors import CaptioningError
+        from captioning.run import load_model
+        try:
+            return cls(load_model(Path(path)), end_id)
+        except CaptioningError as e:
+            raise CaptioningError(f"{e} Or caption without the matcher (--matching 0).") from None
+
+    def scores(self, features, candidates: list) -> list:
+        """``features``: (N, D) one per photo; ``candidates``: per photo, a list of word-id lists.
+        Returns per photo an array of cosines between the photo and each candidate."""
+        owner = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates])
+        if not len(owner):
+            return [np.zeros(0) for _ in candidates]
+        ids = [self._words(c) for cs in candidates for c in cs]
+        images, texts = self.model.predict([np.asarray(features, np.float32)[owner], padded(ids, self.max_length)],
+                                           verbose=0, batch_size=1024)
+        cosine = (np.asarray(images) * np.asarray(texts)).sum(axis=1)
+        return np.split(cosine, np.cumsum([len(c) for c in candidates])[:-1])
+
+    def _words(self, ids):
+        ids = list(ids)
+        return ids[:ids.index(self.end_id)] if self.end_id in ids else ids

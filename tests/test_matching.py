@@ -1,0 +1,123 @@
+"""The image–caption matcher: trained contrastively by fit, consulted by re-ranking."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from captioning.cli import EXIT_ERROR, EXIT_USAGE, main
+from captioning.data import Vocabulary
+from captioning.inference import consensus, matching
+from captioning.inference.search import Hypotheses
+from captioning.training.matching import train_matcher
+
+VOCAB = Vocabulary(["a", "red", "ball", "dog", "runs", "on", "grass", "brown", "blue", "cat"])
+
+
+def _ids(text):
+    return VOCAB.encode(text.split(), markers=False)
+
+
+def _two_kinds(n=40, seed=0):
+    """Half the photos show balls, half dogs; each kind has its own captions."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(n, 16)).astype(np.float32)
+    features[: n // 2, :3] += 3.0
+    captions = [[_ids("a red ball on grass"), _ids("a ball")] if i < n // 2 else
+                [_ids("a brown dog runs"), _ids("a dog runs on grass")] for i in range(n)]
+    return features, captions
+
+
+def test_the_matcher_learns_which_caption_fits_which_photo(tmp_path):
+    features, captions = _two_kinds()
+    train_matcher(features, captions, len(VOCAB), 8, tmp_path / matching.FILE, epochs=40)
+    matcher = matching.Matcher.load(tmp_path / matching.FILE, VOCAB.end_id)  # safe mode: stock layers only
+    test, _ = _two_kinds(seed=1)
+    candidates = [[_ids("a red ball") + [VOCAB.end_id, 5], _ids("a dog runs")]] * 2  # after the end: ignored
+    ball, dog = matcher.scores(test[[0, -1]], candidates)
+    assert ball[0] > ball[1] and dog[1] > dog[0]
+    assert np.all(np.abs(ball) <= 1 + 1e-5)  # cosines
+
+
+class _Beam:
+    def __init__(self, alternatives):
+        self.alternatives = alternatives
+
+    def describe(self):
+        return {"strategy": "beam", "k": 2}
+
+    def __call__(self, steps, features, start_id, end_id, max_length):
+        a = self.alternatives
+        return Hypotheses([x[0][0] for x in a], [x[0][1] for x in a], [True] * len(a), [], a)
+
+
+class _Fixed:
+    """A matcher whose cosines are given: the second candidate fits each photo far better."""
+
+    def scores(self, features, candidates):
+        return [np.array([0.0, 0.9])[: len(c)] for c in candidates]
+
+
+def test_the_match_outweighs_a_small_consensus_lead(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(20, 6)).astype(np.float32)
+    refs = [[["a", "dog", "runs", "on", "grass"], ["a", "red", "ball", "on", "grass"]]] * 20  # the neighbours split
+    path = consensus.write(tmp_path / consensus.FILE, features, refs, dimensions=4)
+    end = [VOCAB.end_id]
+    beam = _Beam([[(_ids("a dog runs on grass") + end, -1.0, -0.1),
+                   (_ids("a red ball on grass blue") + end, -3.0, -0.9)]])
+    plain = consensus.ConsensusRerank(beam, consensus.Consensus.load(path), VOCAB, neighbours=5)
+    matched = consensus.ConsensusRerank(beam, plain.consensus, VOCAB, neighbours=5, matcher=_Fixed(), matching=1.0)
+    assert VOCAB.decode(plain(None, features[:1], 2, 3, 10).tokens[0]) == "a dog runs on grass".split()
+    assert VOCAB.decode(matched(None, features[:1], 2, 3, 10).tokens[0]) == "a red ball on grass blue".split()
+    assert matched.describe()["matching"] == 1.0 and "matching" not in plain.describe()
+
+
+def _evaluate(learnable, run, out, *extra):
+    return main(["evaluate", "--run", str(run), "--captions", str(learnable["data"]), "--features",
+                 str(learnable["features"]), "--split", "dev", "--beam", "3", "--out", str(out), *extra])
+
+
+def test_fit_writes_a_matcher_and_beam_search_consults_it(learnable, tmp_path):
+    assert (learnable["run"] / matching.FILE).is_file()
+    assert _evaluate(learnable, learnable["run"], tmp_path / "m") == 0
+    assert _evaluate(learnable, learnable["run"], tmp_path / "c", "--matching", "0") == 0
+    with_match, alone = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("m", "c"))
+    assert with_match["settings"]["matching"] == 1.0 and "matching" not in alone["settings"]
+    assert with_match["metrics"]["BLEU-4"] > with_match["constant_caption_baseline"]["BLEU-4"]
+
+
+def test_an_older_run_reranks_by_consensus_and_resume_adds_the_matcher(learnable, tmp_path, capsys):
+    old = tmp_path / "old"
+    shutil.copytree(learnable["run"], old)
+    (old / matching.FILE).unlink()
+    image = str(learnable["data"] / "Images" / "sample_00000.jpg")
+    assert main(["caption", image, "--run", str(old), "--beam", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(image) and "no matcher.keras" in err and "--resume" in err
+    assert main(["fit", "--captions", str(learnable["data"]), "--features", str(learnable["features"]),
+                 "--out", str(old), "--resume"]) == 0
+    assert (old / matching.FILE).is_file()
+    capsys.readouterr()
+    assert main(["caption", image, "--run", str(old), "--beam", "3"]) == 0
+    assert "matcher" not in capsys.readouterr().err
+
+
+def test_a_damaged_matcher_is_a_clear_error(learnable, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(learnable["run"], run)
+    (run / matching.FILE).write_bytes(b"not a zip")
+    image = str(learnable["data"] / "Images" / "sample_00000.jpg")
+    assert main(["caption", image, "--run", str(run), "--beam", "3"]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "matcher.keras" in err and "--matching 0" in err and "Traceback" not in err
+    assert main(["caption", image, "--run", str(run), "--beam", "3", "--matching", "0"]) == 0
+
+
+@pytest.mark.parametrize("args, says", [(["--matching", "2"], "--beam"),
+                                        (["--beam", "3", "--rerank", "0", "--matching", "2"], "--rerank")])
+def test_matching_without_reranking_is_refused(learnable, args, says, capsys):
+    image = str(learnable["data"] / "Images" / "sample_00000.jpg")
+    assert main(["caption", image, "--run", str(learnable["run"]), *args]) == EXIT_USAGE
+    assert says in capsys.readouterr().err
