@@ -198,6 +198,8 @@ def _ranged(kind, low, high=None, low_open=False, what=""):
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if kind is float and v in (float("inf"), float("-inf")):  # --matching inf would make every score nan
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
         if v != v or (v <= low if low_open else v < low) or (high is not None and v > high):
             rng = f"{'>' if low_open else '≥'} {low}" + (f" and ≤ {high}" if high is not None else "")
             raise argparse.ArgumentTypeError(f"{text} is out of range: must be {rng}{what}")

@@ -73,7 +73,8 @@ FIT_BAD = [("--epochs", "0"), ("--epochs", "-3"), ("--epochs", "abc"), ("--batch
            ("--embed-dim", "0"), ("--dropout", "1"), ("--dropout", "-0.1"), ("--dropout", "nan"),
            ("--learning-rate", "0"), ("--learning-rate", "-1e-3"), ("--max-length-percentile", "101"),
            ("--max-length-percentile", "0"), ("--min-count", "0"), ("--patience", "0"), ("--attention-dim", "0"),
-           ("--doubly-stochastic", "-1"), ("--decoder", "transformer"), ("--monitor", "accuracy")]
+           ("--doubly-stochastic", "-1"), ("--doubly-stochastic", "inf"), ("--learning-rate", "inf"),
+           ("--decoder", "transformer"), ("--monitor", "accuracy")]
 
 
 @pytest.mark.parametrize("option,value", FIT_BAD)
@@ -85,7 +86,8 @@ def test_fit_option_out_of_range_is_a_usage_error(capsys, tmp_path, option, valu
 
 
 CAPTION_BAD = [("--beam", "-1"), ("--max-length", "1"), ("--temperature", "0"), ("--temperature", "-2"),
-               ("--top-k", "-1"), ("--length-penalty", "-1")]
+               ("--top-k", "-1"), ("--length-penalty", "-1"), ("--length-penalty", "inf"), ("--temperature", "inf"),
+               ("--matching", "-1"), ("--matching", "inf"), ("--matching", "nan")]
 
 
 @pytest.mark.parametrize("option,value", CAPTION_BAD)

@@ -38,6 +38,9 @@ def test_the_matcher_learns_which_caption_fits_which_photo(tmp_path):
     ball, dog = matcher.scores(test[[0, -1]], candidates)
     assert ball[0] > ball[1] and dog[1] > dog[0]
     assert np.all(np.abs(ball) <= 1 + 1e-5)  # cosines
+    grid = np.repeat(test[[0, -1]][:, None, :], 4, axis=1)  # an attention run's 2×2 grids: averaged first
+    np.testing.assert_allclose(np.concatenate(matcher.scores(grid, candidates)), np.concatenate([ball, dog]),
+                               rtol=1e-5, atol=1e-6)
 
 
 class _Beam:

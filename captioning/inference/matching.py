@@ -69,13 +69,15 @@ class Matcher:
             raise CaptioningError(f"{e} Or caption without the matcher (--matching 0).") from None
 
     def scores(self, features, candidates: list) -> list:
-        """``features``: (N, D) one per photo; ``candidates``: per photo, a list of word-id lists.
-        Returns per photo an array of cosines between the photo and each candidate."""
+        """``features``: one per photo, pooled (N, D) or a grid (N, cells, D) that is averaged as in
+        training; ``candidates``: per photo, a list of word-id lists. Returns per photo an array
+        of cosines between the photo and each candidate."""
+        from captioning.inference.consensus import pooled
         owner = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates])
         if not len(owner):
             return [np.zeros(0) for _ in candidates]
         ids = [self._words(c) for cs in candidates for c in cs]
-        images, texts = self.model.predict([np.asarray(features, np.float32)[owner], padded(ids, self.max_length)],
+        images, texts = self.model.predict([pooled(features)[owner], padded(ids, self.max_length)],
                                            verbose=0, batch_size=1024)
         cosine = (np.asarray(images) * np.asarray(texts)).sum(axis=1)
         return np.split(cosine, np.cumsum([len(c) for c in candidates])[:-1])
