@@ -37,26 +37,27 @@ class ContrastiveLogits(keras.layers.Layer):
 
 
 class PairBatches(keras.utils.PyDataset):
-    """Each epoch: the images shuffled into batches of ``batch`` (the remainder dropped: every batch
-    must be square), each with one of its captions drawn at random."""
+    """``passes`` passes over the images as one Keras epoch (Keras' per-epoch overhead, paid
+    sixty times, cost more than the steps on a small set). Each pass shuffles the images into
+    batches of ``batch`` (the remainder dropped: every batch must be square), each image with one
+    of its captions drawn at random; the pass's seed alone decides, so it repeats exactly."""
 
-    def __init__(self, features, captions: list, batch: int, max_length: int, seed: int):
+    def __init__(self, features, captions: list, batch: int, max_length: int, seed: int, passes: int):
         super().__init__()
         self.features, self.captions, self.batch, self.max_length = features, captions, batch, max_length
-        self.seed, self.epoch = seed, 0
+        self.seed, self.passes, self.per_pass = seed, passes, len(features) // batch
         self.labels = np.tile(np.arange(batch, dtype=np.int32), 2)
-        self.on_epoch_end()
+        self._pass = None
 
     def __len__(self):
-        return len(self.features) // self.batch
-
-    def on_epoch_end(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.order = rng.permutation(len(self.features))
-        self.pick = [int(rng.integers(len(c))) for c in self.captions]
-        self.epoch += 1
+        return self.passes * self.per_pass
 
     def __getitem__(self, i):
+        n, i = divmod(i, self.per_pass)
+        if n != self._pass:
+            rng = np.random.default_rng([self.seed, n])
+            self.order = rng.permutation(len(self.features))
+            self.pick, self._pass = [int(rng.integers(len(c))) for c in self.captions], n
         rows = self.order[i * self.batch:(i + 1) * self.batch]
         ids = matching.padded([self.captions[r][self.pick[r]] for r in rows], self.max_length)
         return (self.features[rows], ids), self.labels
@@ -75,12 +76,12 @@ def train_matcher(features, captions: list, vocab_size: int, max_length: int, pa
     trainer = keras.Model(model.inputs, logits)
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    batches = PairBatches(features, captions, min(BATCH, len(features)), max_length, seed)
-    shown = progress(total=epochs, desc="matcher", unit="epoch", disable=None if bar else True)
+    batches = PairBatches(features, captions, min(BATCH, len(features)), max_length, seed, epochs)
+    shown = progress(total=len(batches), desc="matcher", unit="batch", disable=None if bar else True)
     tick = keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: (shown.update(1), shown.set_postfix(loss=f"{logs['loss']:.3f}")))
+        on_train_batch_end=lambda step, logs: (shown.update(1), shown.set_postfix(loss=f"{logs['loss']:.3f}")))
     try:
-        trainer.fit(batches, epochs=epochs, verbose=0, shuffle=False, callbacks=[tick])
+        trainer.fit(batches, epochs=1, verbose=0, shuffle=False, callbacks=[tick])
     finally:
         shown.close()
     save_model(model, path)
