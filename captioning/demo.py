@@ -86,7 +86,7 @@ def run_demo(out="demo", images: int = 300, backbone: str = "resnet50", epochs: 
           f"Test BLEU-4: greedy "
           f"{greedy.metrics['BLEU-4']:.3f}, beam k=3 {beam.metrics['BLEU-4']:.3f} (a constant caption scores "
           f"{greedy.baseline['BLEU-4']:.3f}). Figures: {run_dir / 'training_curves.png'}, "
-          f"{beam.out_dir / 'examples.png'}.\nNext: captioning caption YOUR_IMAGE.jpg --run {run_dir} --beam 3")
+          f"{beam.out_dir / 'examples.png'}.\nNext: captioning caption YOUR_IMAGE.jpg --run {run_dir} --beam 5")
     return {"data": data, "features": extraction.store.path, "run": run_dir, "weights": weights_used,
             "bleu4_greedy": greedy.metrics["BLEU-4"], "bleu4_beam3": beam.metrics["BLEU-4"],
             "bleu4_constant": greedy.baseline["BLEU-4"]}
