@@ -7,7 +7,7 @@
 Starts from the cross-entropy model of a run trained by ``bench/quality.py`` (its
 ``checkpoints/best.keras``), runs ``captioning.training.self_critical.SelfCritical`` with the
 settings given, and after each epoch scores the dev split with pycocoevalcap: greedy, beam 3, and
-beam 3 with consensus re-ranking (the CLI's default). With no option the default epoch is
+beam 3 with re-ranking (consensus, plus the matcher where the run has one). With no option the default epoch is
 repeated, which reproduces the run's own scores. ``--neighbours K --weight λ`` adds to each
 sample's reward λ × its mean CIDEr-D against the captions of the K nearest *other* train images
 (the run's ``neighbours.h5``): the consensus that re-ranking uses at caption time, taught during
