@@ -96,6 +96,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow  # 10–22 s each; the mirrored test stays in the default run
 @TENSORFLOW_ONLY
 def test_multi_worker_two_local_processes_matches_one_device(learnable, one_device, tmp_path):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
@@ -113,6 +114,7 @@ def test_multi_worker_two_local_processes_matches_one_device(learnable, one_devi
     assert not any(scratch.iterdir()), "the non-chief worker left its scratch folder behind"
 
 
+@pytest.mark.slow  # 10–22 s each; the mirrored test stays in the default run
 def test_jax_data_parallel_on_two_host_devices_matches_one_device(learnable, tmp_path):
     pytest.importorskip("jax")
     env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -151,6 +153,7 @@ def _extract(images, out, distribute, env=None, cpus=1, extra=("--limit", "12"))
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow  # 10–22 s each; the mirrored test stays in the default run
 @TENSORFLOW_ONLY
 def test_extraction_split_over_two_devices_matches_one(sample_dir, tmp_path):
     """One process, two devices: each batch (5 images, padded to split evenly) is split between them
