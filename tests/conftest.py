@@ -30,3 +30,30 @@ def learnable(tmp_path_factory):
                          patience=5, self_critical_epochs=0)  # tests/test_self_critical.py fine-tunes it
     result = fit(data, store.path, root / "run", options, verbose=0)
     return {"data": data, "features": store.path, "run": root / "run", "fit": result}
+
+
+@pytest.fixture
+def run_without(learnable, tmp_path):
+    """A copy of the learnable run with one of its files removed (a run from an older version)."""
+    import shutil
+
+    def copy(name):
+        old = tmp_path / "old"
+        shutil.copytree(learnable["run"], old)
+        (old / name).unlink()
+        return old
+    return copy
+
+
+@pytest.fixture
+def evaluate_dev(learnable, tmp_path):
+    """``evaluate --beam 3`` of a run on the learnable set's dev split, plus options; returns eval.json."""
+    import json
+    from captioning.cli import main
+
+    def run(run_dir, name, *extra):
+        out = tmp_path / name
+        assert main(["evaluate", "--run", str(run_dir), "--captions", str(learnable["data"]), "--features",
+                     str(learnable["features"]), "--split", "dev", "--beam", "3", "--out", str(out), *extra]) == 0
+        return json.loads((out / "eval.json").read_text())
+    return run

@@ -1,14 +1,12 @@
 """Consensus re-ranking: the train captions of similar images choose among beam search's captions."""
 
-import json
-
 import h5py
 import numpy as np
 import pytest
 
 from captioning.cli import main
 from captioning.errors import CaptioningError
-from captioning.inference import consensus
+from captioning.inference import consensus, matching
 from captioning.inference.search import Hypotheses
 from captioning.data import Vocabulary
 
@@ -67,25 +65,41 @@ def test_a_damaged_neighbours_file_is_a_clear_error(tmp_path):
         consensus.Consensus.load(path)
 
 
-def test_fit_writes_it_and_evaluate_reranks_by_default(learnable, tmp_path):
-    run = learnable["run"]
-    assert (run / consensus.FILE).is_file()
-    args = ["evaluate", "--captions", str(learnable["data"]), "--features", str(learnable["features"]),
-            "--split", "dev", "--beam", "3"]
-    assert main([*args, "--run", str(run), "--out", str(tmp_path / "r")]) == 0
-    assert main([*args, "--run", str(run), "--out", str(tmp_path / "b"), "--rerank", "0"]) == 0
-    reranked, own = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("r", "b"))
+def test_fit_writes_it_and_evaluate_reranks_by_default(learnable, evaluate_dev):
+    assert (learnable["run"] / consensus.FILE).is_file()
+    reranked, own = evaluate_dev(learnable["run"], "r"), evaluate_dev(learnable["run"], "b", "--rerank", "0")
     assert reranked["settings"]["rerank"] == "consensus" and reranked["settings"]["neighbours"] == 40
     assert "rerank" not in own["settings"]
     assert reranked["metrics"]["BLEU-4"] > reranked["constant_caption_baseline"]["BLEU-4"]
 
 
-def test_a_run_without_neighbours_decodes_as_before_with_a_note(learnable, tmp_path, capsys):
-    import shutil
-    old = tmp_path / "old"
-    shutil.copytree(learnable["run"], old)
-    (old / consensus.FILE).unlink()
+@pytest.mark.parametrize("name", [consensus.FILE, matching.FILE])
+def test_a_run_without_a_reranking_file_decodes_as_before_with_a_note(learnable, run_without, capsys, name):
+    """Runs from before 0.3 (no neighbours.h5) and 0.4 (no matcher.keras) still caption, and say how to catch up."""
+    old = run_without(name)
     image = str(learnable["data"] / "Images" / "sample_00000.jpg")
     assert main(["caption", image, "--run", str(old), "--beam", "3"]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith(image) and "no neighbours.h5" in err and "--resume" in err
+    assert out.startswith(image) and f"no {name}" in err and "--resume" in err
+
+
+class _Fixed:
+    """A matcher whose cosines are given: the second candidate fits each photo far better."""
+
+    def scores(self, features, candidates):
+        return [np.array([0.0, 0.9])[: len(c)] for c in candidates]
+
+
+def test_the_match_outweighs_a_small_consensus_lead(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(20, 6)).astype(np.float32)
+    refs = [[["a", "dog", "runs", "on", "grass"], ["a", "red", "ball", "on", "grass"]]] * 20  # the neighbours split
+    path = consensus.write(tmp_path / consensus.FILE, features, refs, dimensions=4)
+    vocab = Vocabulary(["a", "red", "ball", "dog", "runs", "on", "grass", "blue"])
+    enc = lambda text: vocab.encode(text.split(), markers=False) + [vocab.end_id]  # noqa: E731
+    beam = _Beam([[(enc("a dog runs on grass"), -1.0, -0.1), (enc("a red ball on grass blue"), -3.0, -0.9)]])
+    plain = consensus.ConsensusRerank(beam, consensus.Consensus.load(path), vocab, neighbours=5)
+    matched = consensus.ConsensusRerank(beam, plain.consensus, vocab, neighbours=5, matcher=_Fixed(), matching=1.0)
+    assert vocab.decode(plain(None, features[:1], 2, 3, 10).tokens[0]) == "a dog runs on grass".split()
+    assert vocab.decode(matched(None, features[:1], 2, 3, 10).tokens[0]) == "a red ball on grass blue".split()
+    assert matched.describe()["matching"] == 1.0 and "matching" not in plain.describe()

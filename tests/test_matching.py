@@ -1,6 +1,5 @@
 """The image–caption matcher: trained contrastively by fit, consulted by re-ranking."""
 
-import json
 import shutil
 
 import numpy as np
@@ -8,8 +7,7 @@ import pytest
 
 from captioning.cli import EXIT_ERROR, EXIT_USAGE, main
 from captioning.data import Vocabulary
-from captioning.inference import consensus, matching
-from captioning.inference.search import Hypotheses
+from captioning.inference import matching
 from captioning.training.matching import train_matcher
 
 VOCAB = Vocabulary(["a", "red", "ball", "dog", "runs", "on", "grass", "brown", "blue", "cat"])
@@ -43,62 +41,17 @@ def test_the_matcher_learns_which_caption_fits_which_photo(tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
-class _Beam:
-    def __init__(self, alternatives):
-        self.alternatives = alternatives
-
-    def describe(self):
-        return {"strategy": "beam", "k": 2}
-
-    def __call__(self, steps, features, start_id, end_id, max_length):
-        a = self.alternatives
-        return Hypotheses([x[0][0] for x in a], [x[0][1] for x in a], [True] * len(a), [], a)
-
-
-class _Fixed:
-    """A matcher whose cosines are given: the second candidate fits each photo far better."""
-
-    def scores(self, features, candidates):
-        return [np.array([0.0, 0.9])[: len(c)] for c in candidates]
-
-
-def test_the_match_outweighs_a_small_consensus_lead(tmp_path):
-    rng = np.random.default_rng(0)
-    features = rng.normal(size=(20, 6)).astype(np.float32)
-    refs = [[["a", "dog", "runs", "on", "grass"], ["a", "red", "ball", "on", "grass"]]] * 20  # the neighbours split
-    path = consensus.write(tmp_path / consensus.FILE, features, refs, dimensions=4)
-    end = [VOCAB.end_id]
-    beam = _Beam([[(_ids("a dog runs on grass") + end, -1.0, -0.1),
-                   (_ids("a red ball on grass blue") + end, -3.0, -0.9)]])
-    plain = consensus.ConsensusRerank(beam, consensus.Consensus.load(path), VOCAB, neighbours=5)
-    matched = consensus.ConsensusRerank(beam, plain.consensus, VOCAB, neighbours=5, matcher=_Fixed(), matching=1.0)
-    assert VOCAB.decode(plain(None, features[:1], 2, 3, 10).tokens[0]) == "a dog runs on grass".split()
-    assert VOCAB.decode(matched(None, features[:1], 2, 3, 10).tokens[0]) == "a red ball on grass blue".split()
-    assert matched.describe()["matching"] == 1.0 and "matching" not in plain.describe()
-
-
-def _evaluate(learnable, run, out, *extra):
-    return main(["evaluate", "--run", str(run), "--captions", str(learnable["data"]), "--features",
-                 str(learnable["features"]), "--split", "dev", "--beam", "3", "--out", str(out), *extra])
-
-
-def test_fit_writes_a_matcher_and_beam_search_consults_it(learnable, tmp_path):
+def test_fit_writes_a_matcher_and_beam_search_consults_it(learnable, evaluate_dev):
     assert (learnable["run"] / matching.FILE).is_file()
-    assert _evaluate(learnable, learnable["run"], tmp_path / "m") == 0
-    assert _evaluate(learnable, learnable["run"], tmp_path / "c", "--matching", "0") == 0
-    with_match, alone = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("m", "c"))
+    with_match, alone = evaluate_dev(learnable["run"], "m"), evaluate_dev(learnable["run"], "c", "--matching", "0")
     assert with_match["settings"]["matching"] == 1.0 and "matching" not in alone["settings"]
     assert with_match["metrics"]["BLEU-4"] > with_match["constant_caption_baseline"]["BLEU-4"]
 
 
-def test_an_older_run_reranks_by_consensus_and_resume_adds_the_matcher(learnable, tmp_path, capsys):
-    old = tmp_path / "old"
-    shutil.copytree(learnable["run"], old)
-    (old / matching.FILE).unlink()
+def test_resume_adds_the_matcher_to_an_older_run(learnable, run_without, capsys):
+    """(That such a run still captions, with a note, is tests/test_consensus.py's.)"""
+    old = run_without(matching.FILE)
     image = str(learnable["data"] / "Images" / "sample_00000.jpg")
-    assert main(["caption", image, "--run", str(old), "--beam", "3"]) == 0
-    out, err = capsys.readouterr()
-    assert out.startswith(image) and "no matcher.keras" in err and "--resume" in err
     assert main(["fit", "--captions", str(learnable["data"]), "--features", str(learnable["features"]),
                  "--out", str(old), "--resume"]) == 0
     assert (old / matching.FILE).is_file()
