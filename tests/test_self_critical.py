@@ -3,6 +3,7 @@ equal rewards change nothing, and a run killed between its self-critical epochs 
 same model as an uninterrupted one."""
 
 import dataclasses
+import json
 import random
 import subprocess
 import sys
@@ -111,3 +112,23 @@ def test_killed_between_self_critical_epochs_resumes_to_the_same_model(learnable
             for run in (straight, crashed)]
     assert len(rows[0]) == 3
     np.testing.assert_allclose(np.array(rows[1]), np.array(rows[0]), rtol=1e-6)  # NaN: no reward before epoch 1
+
+
+@pytest.mark.parametrize("dev, kept", [([0.5, 0.6, 0.4], 1), ([0.5, 0.4, 0.45], 0), ([0.5, 0.6, 0.6], 2)])
+def test_the_epoch_best_on_dev_is_exported(learnable, tmp_path, monkeypatch, dev, kept):
+    """Like early stopping for the cross-entropy epochs: a self-critical epoch that lowers dev
+    CIDEr-D (on a small train set it can) is not what model.keras holds; a tie goes to the later one."""
+    scores = iter(dev)
+    monkeypatch.setattr(sc_module.SelfCritical, "dev_cider", lambda self, refs: next(scores))
+    run = tmp_path / "run"
+    result = fit(learnable["data"], learnable["features"], run, FitOptions(**TINY), verbose=0)
+    assert result.self_critical_kept == kept
+    source = run / "checkpoints" / (f"self_critical_{kept}.keras" if kept else "best.keras")
+    for a, b in zip(load_model(source).get_weights(), load_model(run / "model.keras").get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(p.name for p in (run / "checkpoints").glob("self_critical*")) == \
+        sorted({f"self_critical_{e}.keras" for e in (kept, 2) if e})  # the last stays for --resume
+    summary = result.summary()
+    assert ("cross-entropy model" in summary) == (kept == 0)
+    assert ("the best on dev" in summary) == (kept == 1)
+    assert json.loads((run / "config.json").read_text())["results"]["self_critical_kept_epoch"] == kept

@@ -98,19 +98,31 @@ class FitResult:
     notes: list
     placement: str = "one device"
     self_critical: list = dataclasses.field(default_factory=list)  # (epoch, dev CIDEr-D greedy), epoch 0 = before
+    self_critical_kept: int = 0  # the epoch model.keras holds; 0: the cross-entropy model
 
     def summary(self) -> str:
         notes = "".join(f"\n  note: {n}" for n in self.notes)
         where = "" if self.placement == "one device" else f" ({self.placement})"
         if self.self_critical:
             (_, before), (last, after) = self.self_critical[0], self.self_critical[-1]
+            kept = dict(self.self_critical)[self.self_critical_kept]
             notes = (f"\n  Then {count(last, 'self-critical epoch')} on CIDEr-D: dev CIDEr-D (greedy) "
-                     f"{before:.3f} → {after:.3f} (self_critical.csv).") + notes
+                     f"{before:.3f} → {after:.3f} (self_critical.csv); {_kept(self.self_critical_kept, last, kept)}"
+                     ) + notes
         return (f"Trained {count(self.epochs_run, 'epoch')}{where} on {count(self.train_images, 'image')} "
                 f"(validated on {self.dev_images}); best validation loss {self.best_val_loss:.3f} nats/word vs "
                 f"{self.unigram_val_loss:.3f} for a unigram baseline; vocabulary {self.vocab_size} "
                 f"tokens. Run folder {self.run_dir}: model.keras, vocab.json, config.json, neighbours.h5, "
                 f"matcher.keras, history.csv, training_curves.png, checkpoints/.{notes}")
+
+
+def _kept(epoch: int, last: int, score: float) -> str:
+    if epoch == last:
+        return "model.keras is the last."
+    if epoch:
+        return f"model.keras is self-critical epoch {epoch}'s, the best on dev ({score:.3f})."
+    return ("no self-critical epoch raised it, so model.keras is the cross-entropy model, as early stopping "
+            "keeps the best epoch (`--self-critical-epochs 0` skips them).")
 
 
 @dataclasses.dataclass
@@ -374,8 +386,9 @@ def export(p: FitPlan, verbose="auto") -> FitResult:
     if not (p.checkpoints / "best.keras").is_file():
         raise CaptioningError(f"no epoch of {p.out} reached a finite {p.options.monitor} (training diverged); "
                               "start again with a lower --learning-rate.")
-    from captioning.training.self_critical import tuned_checkpoint
-    tuned = tuned_checkpoint(p.checkpoints)
+    from captioning.training.self_critical import kept_checkpoint
+    tuning = history_rows(p.out / "self_critical.csv")
+    tuned = kept_checkpoint(p.checkpoints, tuning)
     best_model = load_model(tuned or p.checkpoints / "best.keras")
     next_word = best_model
     if p.fast:  # the classic next-word model: same layers, same order, the fast path's weights
@@ -396,10 +409,11 @@ def export(p: FitPlan, verbose="auto") -> FitResult:
     result = FitResult(p.out, len(rows), best, unigram, len(p.run.vocab),
                        p.run.data["train_images"], p.run.data["dev_images"], p.notes, p.placement.describe())
     p.run.results = {"epochs_run": result.epochs_run, "best_val_loss": best, "unigram_val_loss": result.unigram_val_loss}
-    tuning = history_rows(p.out / "self_critical.csv")
-    if tuned and tuning:
+    if len(tuning) > 1 and p.options.self_critical_epochs:
         result.self_critical = [(r["epoch"], r["dev_cider"]) for r in tuning]
+        result.self_critical_kept = int(tuned.stem.rsplit("_", 1)[1]) if tuned else 0
         p.run.results["self_critical_dev_cider"] = [r["dev_cider"] for r in tuning]
+        p.run.results["self_critical_kept_epoch"] = result.self_critical_kept
     p.run.save(p.out)
     return result
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 
 import numpy as np
@@ -106,8 +107,9 @@ class SelfCritical:
 def fine_tune(p, verbose="auto") -> list:
     """The self-critical epochs of a ``fit`` plan after its cross-entropy epochs, crash-safe like them:
     after epoch k ``checkpoints/self_critical_k.keras`` (weights and optimizer), the
-    ``self_critical.csv`` row, then ``state.json`` naming it, then k − 1's file is removed; a kill
-    at any instant resumes from the last epoch the state names, as if never interrupted.
+    ``self_critical.csv`` row, then ``state.json`` naming it, then the files of epochs that are
+    neither the last (resume starts there) nor the best on dev (``kept_checkpoint``) are removed; a
+    kill at any instant resumes from the last epoch the state names, as if never interrupted.
     Returns the rows (epoch, mean train reward, dev CIDEr-D of greedy captions)."""
     from captioning.run import load_model, save_model
     o, ckpt = p.options, p.checkpoints
@@ -141,7 +143,9 @@ def fine_tune(p, verbose="auto") -> list:
         write_csv(p.out / "self_critical.csv", rows)
         state = {**read_state(ckpt), "self_critical_done": epoch + 1}
         atomic.write_text(ckpt / "state.json", json.dumps(state))
-        checkpoint(ckpt, epoch).unlink(missing_ok=True)
+        for older in range(1, epoch + 1):
+            if older != best_epoch(rows):
+                checkpoint(ckpt, older).unlink(missing_ok=True)
         if say:
             r = rows[-1]
             print(f"self-critical epoch {epoch + 1}/{o.self_critical_epochs}: mean train reward {r['reward']:.3f}, "
@@ -154,8 +158,20 @@ def checkpoint(folder, epochs_done: int):
     return folder / f"self_critical_{epochs_done}.keras"
 
 
-def tuned_checkpoint(folder):
-    """The last complete self-critical epoch's model, or None when there is none."""
-    done = int(read_state(folder).get("self_critical_done", 0)) if (folder / "state.json").is_file() else 0
-    return checkpoint(folder, done) if done else None
+def best_epoch(rows: list) -> int:
+    """The epoch (0: the cross-entropy model before any self-critical epoch) with the highest dev
+    CIDEr-D; a later epoch wins a tie, and with no finite score at all the last one counts."""
+    scores = [r["dev_cider"] if math.isfinite(r["dev_cider"]) else -math.inf for r in rows]
+    if not rows or max(scores) == -math.inf:
+        return rows[-1]["epoch"] if rows else 0
+    return rows[max(range(len(rows)), key=lambda i: (scores[i], i))]["epoch"]
 
+
+def kept_checkpoint(folder, rows: list):
+    """The self-critical checkpoint ``fit`` exports: that of the best epoch on dev among the complete
+    ones (``rows``: ``self_critical.csv``'s), or None when the cross-entropy model before them was
+    better — as early stopping keeps the best cross-entropy epoch, a self-critical epoch that
+    lowers dev CIDEr-D (it can, on a small train set) is not kept."""
+    done = int(read_state(folder).get("self_critical_done", 0)) if (folder / "state.json").is_file() else 0
+    best = best_epoch([r for r in rows if r["epoch"] <= done]) if done else 0
+    return checkpoint(folder, best) if best else None
