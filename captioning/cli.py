@@ -8,6 +8,7 @@ Exit codes: 0 success; 1 a problem explained on stderr (bad input, missing weigh
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import functools
 import json
@@ -463,9 +464,26 @@ def _renamed_options(parser, args) -> None:
         parser.error(f"{args.command}: the following arguments are required: --run RUN_DIR")
 
 
+def _unknown_options(parser, args, extra: list) -> None:
+    """argparse reports a subcommand's unknown option with the top-level usage; name the command,
+    show its usage and point at the option the user probably meant."""
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    known = [s for a in command._actions for s in a.option_strings]
+    hints = []
+    for token in (t.split("=", 1)[0] for t in extra if t.startswith("-")):
+        names = {k.lstrip("-"): k for k in known}  # the dashes alone would make any two options look alike
+        near = [names[n] for n in difflib.get_close_matches(token.lstrip("-"), names, n=1, cutoff=0.6)] or \
+            [k for k in known if len(token) == 2 and k.startswith("-" + token)][:1]
+        hints += [f"{near[0]} instead of {token}"] if near else []
+    hint = f" (did you mean {' and '.join(hints)}?)" if hints else ""
+    command.error(f"unrecognized arguments: {' '.join(extra)}{hint}; see `captioning {args.command} --help`")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _unknown_options(parser, args, extra)
     _renamed_options(parser, args)
     console.configure(args.verbose)
     try:

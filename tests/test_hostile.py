@@ -113,6 +113,16 @@ def test_other_options_out_of_range_are_usage_errors(capsys, tmp_path, command, 
     assert not (tmp_path / "demo").exists() and not (tmp_path / "sample").exists()  # refused before any work
 
 
+@pytest.mark.parametrize("args, says", [
+    (["extract-features", "IMG", "--backbone", "resnet50", "-o", "f.h5"], "did you mean --out instead of -o?"),
+    (["caption", "x.jpg", "--run", "r", "--beem", "3"], "did you mean --beam instead of --beem?"),
+    (["info", "DATA", "--wat"], "unrecognized arguments: --wat; see `captioning info --help`")])
+def test_an_unknown_option_names_the_command_and_the_option_meant(capsys, tmp_path, args, says):
+    code, _, err = cli(capsys, *[str(tmp_path) if a in ("IMG", "DATA") else a for a in args])
+    assert code == 2 and says in err
+    assert f"usage: captioning {args[0]}" in err and f"captioning {args[0]}: error" in err
+
+
 def test_a_backbone_name_may_be_spelled_as_keras_does(capsys, tmp_path):
     code, _, err = cli(capsys, "extract-features", tmp_path / "none", "--backbone", "MobileNet-V2", "--weights", "none")
     assert code == 1 and "--backbone" not in err  # accepted; the missing folder is what stops it
