@@ -7,11 +7,13 @@
 Trains each decoder with ``captioning fit``'s defaults on the real MobileNetV2 feature store in
 ``../shared/flickr8k/features/`` (6,000 train images), then scores the **dev** split (1,000 images,
 5 references each) with pycocoevalcap: BLEU-1..4, METEOR, ROUGE-L, CIDEr, greedy, beam search,
-beam search re-ranked by the neighbours' consensus alone (``--matching 0``), and re-ranked by the
-consensus plus the image–caption matcher (what ``captioning evaluate --beam 5`` does by default).
+beam search re-ranked by the neighbours' consensus alone (``--matching 0 --candidates model``),
+re-ranked by the consensus plus the image–caption matcher (``--candidates model``), and that among
+the captions of both the run's model and its model before self-critical tuning (what ``captioning
+evaluate --beam 5`` does by default).
 The Flickr8k test split is withheld on these machines, so every number here is a dev score. A run
 folder that already holds ``model.keras`` is evaluated again, not retrained (one from before
-version 0.4 first gets its ``matcher.keras`` through ``fit --resume``). About 10 minutes per
+version 0.5 first gets its ``matcher.keras`` and ``cross_entropy.keras`` through ``fit --resume``). About 10 minutes per
 decoder on 2 CPU cores (inject, with two LSTMs, about 20).
 """
 
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from captioning.evaluation import evaluate  # noqa: E402
 from captioning.inference import BeamSearch, Captioner, Greedy  # noqa: E402
+from captioning.run import CROSS_ENTROPY_FILE, Run  # noqa: E402
 from captioning.training import FitOptions, fit  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "flickr8k"
@@ -76,11 +79,14 @@ def main():
             start = time.perf_counter()
             print(fit(a.captions, a.features, run, options, verbose=2).summary(), flush=True)
             seconds = time.perf_counter() - start
-        elif a.matching and not (run / "matcher.keras").is_file():
-            fit(a.captions, a.features, run, options, resume=True, verbose=0)  # writes what 0.4 adds
+        elif not (run / "matcher.keras").is_file() or "self_critical_kept_epoch" not in Run.load(run).results:
+            fit(a.captions, a.features, run, options, resume=True, verbose=0)  # writes what 0.4 and 0.5 add
         captioner = Captioner.load(run)
-        strategies = [(Greedy(), "greedy"), (beam, "beam"), (captioner.reranked(beam, a.rerank, 0.0), "consensus")]
+        strategies = [(Greedy(), "greedy"), (beam, "beam"),
+                      (captioner.reranked(beam, a.rerank, 0.0, "model"), "consensus")]
         if a.matching:
+            strategies.append((captioner.reranked(beam, a.rerank, a.matching, "model"), "rerank-model"))
+        if (run / CROSS_ENTROPY_FILE).is_file():
             strategies.append((captioner.reranked(beam, a.rerank, a.matching), "rerank"))
         for strategy, name in strategies:
             result = evaluate(run, a.captions, a.features, split="dev", strategy=strategy, coco=True,
@@ -103,6 +109,7 @@ def main():
         if "rerank" in strategy:
             how += f" + re-ranking ({strategy['neighbours']} neighbours" + (
                 f", matching {strategy['matching']:g})" if "matching" in strategy else ")")
+            how += ", both models' captions" if strategy.get("candidates") == "both" else ""
         cells = " | ".join("n/a" if m.get(k) is None else f"{m[k]:.3f}" for k in METRICS)
         print(f"| {decoder} | {how} | {cells} | {'' if seconds is None else f'{seconds:.0f}'} |")
     print("\nPublished anchors (Flickr8k **test** split): " + "; ".join(

@@ -104,7 +104,7 @@ def _strategy(a, captioner):
         return Greedy()
     search = BeamSearch(a.beam, a.length_penalty)
     if a.rerank and not getattr(a, "attention_figure", None):  # the maps belong to beam search's own choice
-        return captioner.reranked(search, a.rerank, a.matching)
+        return captioner.reranked(search, a.rerank, a.matching, a.candidates)
     return search
 
 
@@ -251,6 +251,10 @@ def _add_strategy_options(p):
     p.add_argument("--matching", type=_ranged(float, 0), default=1.0, metavar="W", action=_Given,
                    help="re-ranking: add W × how well each caption fits the photo (the run's image–caption "
                         "matcher, matcher.keras) to the neighbours' consensus; 0: consensus alone")
+    p.add_argument("--candidates", choices=("both", "model"), default="both", action=_Given,
+                   help="re-ranking chooses among the captions beam search finds with model.keras and with the "
+                        "run's model before self-critical tuning (cross_entropy.keras): both; or model.keras's "
+                        "alone (model: half the decoding time)")
     p.add_argument("--sample", action="store_true", help="sample instead of searching")
     p.add_argument("--temperature", type=_ranged(float, 0, low_open=True), default=1.0, action=_Given,
                    help="with --sample")
@@ -268,14 +272,15 @@ def _refuse_options_without_effect(a) -> None:
     unused += [o for o in ("--length-penalty",) if o in given and not beam]
     if "--rerank" in given and a.rerank and not beam:
         unused.append("--rerank")
-    if "--matching" in given and a.matching and not beam:
-        unused.append("--matching")
+    reranking = {"--matching": a.matching, "--candidates": True}  # what only re-ranking reads (--matching 0: off)
+    unused += [o for o, on in reranking.items() if o in given and on and not beam]
     if unused:
         needs = "--sample" if unused[0] in ("--temperature", "--top-k", "--seed") else "--beam K (K ≥ 2)"
         raise UsageError(f"{unused[0]} has no effect without {needs}; add it or leave {unused[0]} out")
-    if "--matching" in given and a.matching and not a.rerank:
-        raise UsageError("--matching weighs a re-ranking score, and --rerank 0 turns re-ranking off: give --rerank N "
-                         "(N ≥ 1) or leave --matching out")
+    for option, on in reranking.items():
+        if option in given and on and not a.rerank:
+            raise UsageError(f"{option} is a re-ranking option, and --rerank 0 turns re-ranking off: give --rerank N "
+                             f"(N ≥ 1) or leave {option} out")
     if "--rerank" in given and a.rerank and getattr(a, "attention_figure", None):
         raise UsageError("--attention-figure draws beam search's own choice, so it cannot be re-ranked: "
                          "leave out --rerank (or give --rerank 0)")

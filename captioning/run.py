@@ -4,6 +4,8 @@ A run folder holds everything needed to caption a raw photo months later: ``mode
 next-word model, loaded in safe mode), ``vocab.json`` (tokens and cleaning options) and
 ``config.json`` (a ``FeatureSpec`` of the features it was trained on, the ``DecoderConfig``, the
 training settings and results), plus ``history.csv``, ``training_curves.png`` and ``checkpoints/``.
+When ``model.keras`` is a self-critical epoch's, ``cross_entropy.keras`` is the next-word model before
+that tuning: re-ranking pools the captions beam search finds with each (README, "Results on Flickr8k").
 Every file is written under a temporary name and renamed. Importing this module imports the
 decoders, which registers every custom layer, so loading never depends on what was imported before.
 """
@@ -23,6 +25,7 @@ from captioning.errors import CaptioningError
 from captioning.features.spec import FeatureSpec
 
 CONFIG_FORMAT = "captioning-run"
+CROSS_ENTROPY_FILE = "cross_entropy.keras"
 
 
 @dataclasses.dataclass
@@ -109,4 +112,4 @@ def save_model(model, path) -> Path:
     return Path(path)
 
 
-__all__ = ["Run", "FeatureSpec", "DecoderConfig", "load_config", "load_model", "save_model"]
+__all__ = ["Run", "FeatureSpec", "DecoderConfig", "CROSS_ENTROPY_FILE", "load_config", "load_model", "save_model"]

@@ -58,6 +58,33 @@ def test_the_caption_the_neighbours_agree_with_wins(tmp_path):
     assert rerank.describe() == {"strategy": "beam", "k": 3, "rerank": "consensus", "neighbours": 5}
 
 
+class _BeamOf(_Beam):
+    """Beam search whose finished captions depend on the model searched (``steps``: a name here)."""
+
+    def __init__(self, by_model):
+        self.by_model = by_model
+
+    def __call__(self, steps, features, start_id, end_id, max_length):
+        self.alternatives = self.by_model[steps]
+        return super().__call__(steps, features, start_id, end_id, max_length)
+
+
+def test_a_proposers_captions_join_the_candidates_once_each(tmp_path):
+    features, _, path = _train_side(tmp_path)
+    vocab = Vocabulary(["a", "red", "ball", "dog", "runs", "on", "grass", "brown"])
+    enc = lambda text: vocab.encode(text.split(), markers=False) + [vocab.end_id]  # noqa: E731
+    dog, ball = (enc("a dog runs on grass"), -1.0, -0.2), (enc("a red ball on grass"), -2.5, -0.5)
+    beam = _BeamOf({"tuned": [[dog]], "cross-entropy": [[(enc("a dog runs on grass"), -1.5, -0.3), ball]]})
+    rerank = consensus.ConsensusRerank(beam, consensus.Consensus.load(path), vocab, neighbours=5,
+                                       proposers=["cross-entropy"])
+    hyps = rerank("tuned", features[[0]], vocab.start_id, vocab.end_id, 10)
+    assert vocab.decode(hyps.tokens[0]) == "a red ball on grass".split() and hyps.log_probs == [-2.5]
+    assert [a[1] for a in hyps.alternatives[0]] == [-1.0, -2.5]  # the repeated caption counted once, as the model's
+    alone = consensus.ConsensusRerank(beam, rerank.consensus, vocab, neighbours=5)
+    assert vocab.decode(alone("tuned", features[[0]], vocab.start_id, vocab.end_id, 10).tokens[0])[1] == "dog"
+    assert rerank.describe()["candidates"] == "both" and "candidates" not in alone.describe()
+
+
 def test_a_damaged_neighbours_file_is_a_clear_error(tmp_path):
     path = tmp_path / consensus.FILE
     path.write_bytes(b"not hdf5")

@@ -72,8 +72,10 @@ def test_a_damaged_matcher_is_a_clear_error(learnable, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, says", [(["--matching", "2"], "--beam"),
-                                        (["--beam", "3", "--rerank", "0", "--matching", "2"], "--rerank")])
-def test_matching_without_reranking_is_refused(learnable, args, says, capsys):
+                                        (["--beam", "3", "--rerank", "0", "--matching", "2"], "--rerank"),
+                                        (["--candidates", "both"], "--beam"),
+                                        (["--beam", "3", "--rerank", "0", "--candidates", "model"], "--rerank")])
+def test_reranking_options_without_reranking_are_refused(learnable, args, says, capsys):
     image = str(learnable["data"] / "Images" / "sample_00000.jpg")
     assert main(["caption", image, "--run", str(learnable["run"]), *args]) == EXIT_USAGE
     assert says in capsys.readouterr().err

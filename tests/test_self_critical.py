@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from captioning.evaluation.cider import CiderD
-from captioning.run import load_model
+from captioning.run import CROSS_ENTROPY_FILE, load_model
 from captioning.training import FitOptions, fit
 from captioning.training import self_critical as sc_module
 from captioning.training.checkpoints import history_rows
@@ -128,7 +128,38 @@ def test_the_epoch_best_on_dev_is_exported(learnable, tmp_path, monkeypatch, dev
         np.testing.assert_array_equal(a, b)
     assert sorted(p.name for p in (run / "checkpoints").glob("self_critical*")) == \
         sorted({f"self_critical_{e}.keras" for e in (kept, 2) if e})  # the last stays for --resume
+    cross_entropy = run / CROSS_ENTROPY_FILE  # the model before tuning, whose captions re-ranking also weighs
+    assert cross_entropy.is_file() == (kept > 0)
+    if kept:
+        for a, b in zip(load_model(run / "checkpoints" / "best.keras").get_weights(),
+                        load_model(cross_entropy).get_weights()):
+            np.testing.assert_array_equal(a, b)
     summary = result.summary()
-    assert ("cross-entropy model" in summary) == (kept == 0)
+    assert ("cross-entropy model" in summary) == (kept == 0) and (CROSS_ENTROPY_FILE in summary) == (kept > 0)
     assert ("the best on dev" in summary) == (kept == 1)
     assert json.loads((run / "config.json").read_text())["results"]["self_critical_kept_epoch"] == kept
+
+
+def test_caption_and_evaluate_choose_among_both_models_captions(learnable, tmp_path, monkeypatch, capsys):
+    """By default re-ranking pools beam search's captions of model.keras and cross_entropy.keras;
+    --candidates model keeps to model.keras's; a run without the file (before 0.5) says how to add it."""
+    from captioning.cli import main
+    scores = iter([0.5, 0.6])
+    monkeypatch.setattr(sc_module.SelfCritical, "dev_cider", lambda self, refs: next(scores))
+    run = tmp_path / "run"
+    fit(learnable["data"], learnable["features"], run, dataclasses.replace(FitOptions(**TINY), self_critical_epochs=1),
+        verbose=0)
+    data = ["--captions", str(learnable["data"]), "--features", str(learnable["features"]), "--split", "dev"]
+    settings = {}
+    for name, extra in (("both", []), ("model", ["--candidates", "model"])):
+        assert main(["evaluate", "--run", str(run), *data, "--beam", "3", "--out", str(tmp_path / name), *extra]) == 0
+        settings[name] = json.loads((tmp_path / name / "eval.json").read_text())["settings"]
+    assert settings["both"]["candidates"] == "both" and "candidates" not in settings["model"]
+    image = str(learnable["data"] / "Images" / "sample_00000.jpg")
+    capsys.readouterr()
+    (run / CROSS_ENTROPY_FILE).unlink()
+    assert main(["caption", image, "--run", str(run), "--beam", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(image) and f"no {CROSS_ENTROPY_FILE}" in err and "--resume" in err
+    assert main(["caption", image, "--run", str(run), "--beam", "3", "--candidates", "model"]) == 0
+    assert f"no {CROSS_ENTROPY_FILE}" not in capsys.readouterr().err

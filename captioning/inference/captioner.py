@@ -12,7 +12,7 @@ from captioning.errors import CaptioningError
 from captioning.lock import WriterLock
 from captioning.inference.ensemble import EnsembleSteps
 from captioning.inference.search import Greedy, to_captions
-from captioning.run import Run, load_model
+from captioning.run import CROSS_ENTROPY_FILE, Run, load_model
 
 
 def _named(load, image, size):
@@ -53,6 +53,7 @@ class Captioner:
         self._backbone = None
         self._consensus = None
         self._matcher = None
+        self._proposers = None
         self.notes = []
 
     @classmethod
@@ -84,10 +85,12 @@ class Captioner:
         return cls(models, first, dirs[0] if len(dirs) == 1 else dirs, weights, [r.decoder for r in runs])
 
     # --- decoding --------------------------------------------------------------------------------
-    def reranked(self, search, neighbours: int = 40, matching: float = 1.0):
+    def reranked(self, search, neighbours: int = 40, matching: float = 1.0, candidates: str = "both"):
         """``search`` (beam search) followed by consensus re-ranking over the run's ``neighbours.h5``
         (``captioning.inference.consensus``), plus ``matching`` × the image–caption match of its
-        ``matcher.keras`` (``captioning.inference.matching``); what the run lacks is left out, with a note."""
+        ``matcher.keras`` (``captioning.inference.matching``); with ``candidates="both"`` the captions
+        that beam search finds with the run's model before self-critical tuning (``cross_entropy.keras``)
+        join the candidates. What the run lacks is left out, with a note."""
         from captioning.inference import consensus
         from captioning.inference import matching as match
         home = Path(self.run_dir[0] if isinstance(self.run_dir, (list, tuple)) else self.run_dir or ".")
@@ -103,8 +106,26 @@ class Captioner:
             else:
                 self.notes.append(f"{home} has no {match.FILE} (runs before version 0.4): re-ranked by the neighbours' "
                                   "consensus alone; `captioning fit ... --resume` on the run adds it.")
+        proposers = self._cross_entropy_steps(home) if candidates == "both" else []
         return consensus.ConsensusRerank(search, self._consensus, self.vocab, neighbours,
-                                         self._matcher if matching else None, matching)
+                                         self._matcher if matching else None, matching, proposers)
+
+    def _cross_entropy_steps(self, home: Path) -> list:
+        """The step model of ``cross_entropy.keras``, as a list of proposers (empty for an ensemble, whose
+        members already widen the search, and for a run whose model.keras is the cross-entropy model)."""
+        if isinstance(self.run_dir, (list, tuple)):
+            return []
+        if self._proposers is None:
+            self._proposers = []
+            path = home / CROSS_ENTROPY_FILE
+            if path.is_file():
+                v = self.vocab
+                steps = decoders.step_model(load_model(path), self.decoder)
+                self._proposers = [WithoutTokens(steps, [v.pad_id, v.unk_id, v.start_id])]
+            elif self.run.results.get("self_critical_kept_epoch", "self_critical_dev_cider" in self.run.results):
+                self.notes.append(f"{home} has no {CROSS_ENTROPY_FILE} (runs before version 0.5 lack it): re-ranked among "
+                                  "model.keras's captions alone; `captioning fit ... --resume` on the run adds it.")
+        return self._proposers
 
     # --- from features -------------------------------------------------------------------------
     def caption_features(self, features, strategy=None, max_length=None, batch_size: int = 256) -> list:

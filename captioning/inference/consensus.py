@@ -101,7 +101,12 @@ class Consensus:
 @dataclasses.dataclass
 class ConsensusRerank:
     """A decoding strategy: ``search`` (beam search) proposes, the neighbours' captions choose, with
-    the image–caption ``matcher`` (``matching.Matcher``) adding ``matching`` × its cosine when given."""
+    the image–caption ``matcher`` (``matching.Matcher``) adding ``matching`` × its cosine when given.
+
+    ``proposers`` are more step models whose beam search's finished captions join the candidates:
+    the run's model before self-critical tuning (``cross_entropy.keras``) words photos differently
+    from the tuned one, and choosing among both models' captions lifted dev CIDEr by about 0.01 on
+    each of three runs (README)."""
 
     search: object  # BeamSearch: its finished alternatives are the candidates
     consensus: Consensus
@@ -109,20 +114,29 @@ class ConsensusRerank:
     neighbours: int = 40
     matcher: object = None
     matching: float = 1.0
+    proposers: list = dataclasses.field(default_factory=list)
 
     def describe(self):
         d = {**self.search.describe(), "rerank": "consensus", "neighbours": self.neighbours}
-        return {**d, "matching": self.matching} if self.matcher is not None and self.matching else d
+        d = {**d, "matching": self.matching} if self.matcher is not None and self.matching else d
+        return {**d, "candidates": "both"} if self.proposers else d
 
     def __call__(self, steps, features, start_id, end_id, max_length) -> Hypotheses:
         hyps = self.search(steps, features, start_id, end_id, max_length)
+        pooled_alternatives = [list(a) or [(t, lp, 0.0)] for a, t, lp in zip(hyps.alternatives, hyps.tokens,
+                                                                            hyps.log_probs)]
+        for proposer in self.proposers:
+            more = self.search(proposer, features, start_id, end_id, max_length)
+            for pool, extra in zip(pooled_alternatives, more.alternatives):
+                seen = {tuple(int(w) for w in t) for t, _, _ in pool}
+                pool += [a for a in extra if tuple(int(w) for w in a[0]) not in seen]
         near = self.consensus.neighbours(features, self.neighbours)
         tokens, log_probs, finished = list(hyps.tokens), list(hyps.log_probs), list(hyps.finished)
         extras = list(hyps.extras)
-        candidates = [[t for t, _, _ in alternatives] for alternatives in hyps.alternatives]
+        candidates = [[t for t, _, _ in alternatives] for alternatives in pooled_alternatives]
         match = (self.matcher.scores(features, candidates) if self.matcher is not None and self.matching
                  else [0.0] * len(candidates))
-        for i, alternatives in enumerate(hyps.alternatives):
+        for i, alternatives in enumerate(pooled_alternatives):
             if len(alternatives) < 2:
                 continue
             agree = self.consensus.scores([self.vocab.decode(t) for t in candidates[i]], near[i])
@@ -131,4 +145,4 @@ class ConsensusRerank:
                 tokens[i], log_probs[i], finished[i] = alternatives[best][0], alternatives[best][1], True
                 if extras:
                     extras[i] = None  # attention maps belong to beam search's choice
-        return Hypotheses(tokens, log_probs, finished, extras, hyps.alternatives)
+        return Hypotheses(tokens, log_probs, finished, extras, pooled_alternatives)

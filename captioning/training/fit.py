@@ -24,7 +24,7 @@ from captioning.decoders import DecoderConfig, caption_loss
 from captioning.errors import CaptioningError, UsageError
 from captioning.features import FeatureStore
 from captioning.lock import WriterLock
-from captioning.run import Run, load_model, save_model
+from captioning.run import CROSS_ENTROPY_FILE, Run, load_model, save_model
 from captioning.training.checkpoints import RunCheckpoints, history_rows, read_state
 from captioning.training.curves import plot_history
 from captioning.distribute import CHOICES as DISTRIBUTE, Placement, feed, place, prepare, release
@@ -113,7 +113,8 @@ class FitResult:
                 f"(validated on {self.dev_images}); best validation loss {self.best_val_loss:.3f} nats/word vs "
                 f"{self.unigram_val_loss:.3f} for a unigram baseline; vocabulary {self.vocab_size} "
                 f"tokens. Run folder {self.run_dir}: model.keras, vocab.json, config.json, neighbours.h5, "
-                f"matcher.keras, history.csv, training_curves.png, checkpoints/.{notes}")
+                f"matcher.keras, {CROSS_ENTROPY_FILE + ', ' if self.self_critical_kept else ''}history.csv, "
+                f"training_curves.png, checkpoints/.{notes}")
 
 
 def _kept(epoch: int, last: int, score: float) -> str:
@@ -389,12 +390,11 @@ def export(p: FitPlan, verbose="auto") -> FitResult:
     from captioning.training.self_critical import kept_checkpoint
     tuning = history_rows(p.out / "self_critical.csv")
     tuned = kept_checkpoint(p.checkpoints, tuning)
-    best_model = load_model(tuned or p.checkpoints / "best.keras")
-    next_word = best_model
-    if p.fast:  # the classic next-word model: same layers, same order, the fast path's weights
-        next_word = decoders.build(p.run.decoder, sequences=False)
-        next_word.set_weights(best_model.get_weights())
-    save_model(next_word, p.out / "model.keras")
+    save_model(_next_word(p, tuned or p.checkpoints / "best.keras"), p.out / "model.keras")
+    if tuned:  # beam search with the model before self-critical tuning proposes more candidates to re-rank
+        save_model(_next_word(p, p.checkpoints / "best.keras"), p.out / CROSS_ENTROPY_FILE)
+    else:
+        (p.out / CROSS_ENTROPY_FILE).unlink(missing_ok=True)
     _write_neighbours(p)
     matching.write(p, verbose)
     rows = history_rows(p.out / "history.csv")
@@ -416,6 +416,17 @@ def export(p: FitPlan, verbose="auto") -> FitResult:
         p.run.results["self_critical_kept_epoch"] = result.self_critical_kept
     p.run.save(p.out)
     return result
+
+
+def _next_word(p: FitPlan, checkpoint: Path):
+    """A checkpoint as the classic next-word model (same layers, same order; the fast path trains a
+    teacher-forced model with the same weights)."""
+    model = load_model(checkpoint)
+    if not p.fast:
+        return model
+    next_word = decoders.build(p.run.decoder, sequences=False)
+    next_word.set_weights(model.get_weights())
+    return next_word
 
 
 def _write_neighbours(p: FitPlan) -> None:
