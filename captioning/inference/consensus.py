@@ -98,6 +98,10 @@ class Consensus:
         return np.array([np.mean([self.cider.score(int(j), words) for j in neighbours]) for words in candidates])
 
 
+def _key(tokens) -> tuple:
+    return tuple(int(t) for t in tokens)
+
+
 @dataclasses.dataclass
 class ConsensusRerank:
     """A decoding strategy: ``search`` (beam search) proposes, the neighbours' captions choose, with
@@ -123,20 +127,22 @@ class ConsensusRerank:
 
     def __call__(self, steps, features, start_id, end_id, max_length) -> Hypotheses:
         hyps = self.search(steps, features, start_id, end_id, max_length)
-        pooled_alternatives = [list(a) or [(t, lp, 0.0)] for a, t, lp in zip(hyps.alternatives, hyps.tokens,
-                                                                            hyps.log_probs)]
+        pools = [list(a) for a in hyps.alternatives]  # finished captions: the model's, then the proposers' new ones
         for proposer in self.proposers:
             more = self.search(proposer, features, start_id, end_id, max_length)
-            for pool, extra in zip(pooled_alternatives, more.alternatives):
-                seen = {tuple(int(w) for w in t) for t, _, _ in pool}
-                pool += [a for a in extra if tuple(int(w) for w in a[0]) not in seen]
+            for pool, own, extra in zip(pools, hyps.tokens, more.alternatives):
+                seen = {_key(t) for t, _, _ in pool} | {_key(own)}
+                pool += [a for a in extra if _key(a[0]) not in seen]
+        # a beam that never finished has its best partial caption as its own choice: it competes too
+        choices = [pool if own else [(t, lp, None)] + pool
+                   for pool, own, t, lp in zip(pools, hyps.alternatives, hyps.tokens, hyps.log_probs)]
         near = self.consensus.neighbours(features, self.neighbours)
         tokens, log_probs, finished = list(hyps.tokens), list(hyps.log_probs), list(hyps.finished)
         extras = list(hyps.extras)
-        candidates = [[t for t, _, _ in alternatives] for alternatives in pooled_alternatives]
+        candidates = [[t for t, _, _ in alternatives] for alternatives in choices]
         match = (self.matcher.scores(features, candidates) if self.matcher is not None and self.matching
                  else [0.0] * len(candidates))
-        for i, alternatives in enumerate(pooled_alternatives):
+        for i, alternatives in enumerate(choices):
             if len(alternatives) < 2:
                 continue
             agree = self.consensus.scores([self.vocab.decode(t) for t in candidates[i]], near[i])
@@ -145,4 +151,4 @@ class ConsensusRerank:
                 tokens[i], log_probs[i], finished[i] = alternatives[best][0], alternatives[best][1], True
                 if extras:
                     extras[i] = None  # attention maps belong to beam search's choice
-        return Hypotheses(tokens, log_probs, finished, extras, pooled_alternatives)
+        return Hypotheses(tokens, log_probs, finished, extras, pools)
