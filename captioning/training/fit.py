@@ -390,11 +390,11 @@ def export(p: FitPlan, verbose="auto") -> FitResult:
     from captioning.training.self_critical import kept_checkpoint
     tuning = history_rows(p.out / "self_critical.csv")
     tuned = kept_checkpoint(p.checkpoints, tuning)
-    save_model(_next_word(p, tuned or p.checkpoints / "best.keras"), p.out / "model.keras")
     if tuned:  # beam search with the model before self-critical tuning proposes more candidates to re-rank
         save_model(_next_word(p, p.checkpoints / "best.keras"), p.out / CROSS_ENTROPY_FILE)
     else:
         (p.out / CROSS_ENTROPY_FILE).unlink(missing_ok=True)
+    save_model(_next_word(p, tuned or p.checkpoints / "best.keras"), p.out / "model.keras")
     _write_neighbours(p)
     matching.write(p, verbose)
     rows = history_rows(p.out / "history.csv")

@@ -174,4 +174,6 @@ def kept_checkpoint(folder, rows: list):
     lowers dev CIDEr-D (it can, on a small train set) is not kept."""
     done = int(read_state(folder).get("self_critical_done", 0)) if (folder / "state.json").is_file() else 0
     best = best_epoch([r for r in rows if r["epoch"] <= done]) if done else 0
+    if best and not checkpoint(folder, best).is_file():  # a run from before 0.5 kept only the last epoch's
+        best = done
     return checkpoint(folder, best) if best else None
