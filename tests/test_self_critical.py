@@ -64,7 +64,13 @@ TINY = dict(decoder="init-inject", epochs=2, batch_size=8, units=16, embed_dim=8
             self_critical_epochs=2)
 
 
-def test_fit_runs_self_critical_epochs_and_exports_them(learnable, tmp_path):
+def test_fit_runs_self_critical_epochs_and_exports_them(learnable, tmp_path, monkeypatch):
+    real, scores = SelfCritical.dev_cider, []
+
+    def rising(self, refs):  # the real score, plus 1 more each time: the last epoch is the best on dev
+        scores.append(real(self, refs) + len(scores))
+        return scores[-1]
+    monkeypatch.setattr(sc_module.SelfCritical, "dev_cider", rising)
     result = fit(learnable["data"], learnable["features"], tmp_path / "run", FitOptions(**TINY), verbose=0)
     rows = (tmp_path / "run" / "self_critical.csv").read_text().splitlines()
     assert len(rows) == 4  # header, before, two epochs
