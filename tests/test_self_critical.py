@@ -17,7 +17,7 @@ from captioning.training import FitOptions, fit
 from captioning.training import self_critical as sc_module
 from captioning.training.checkpoints import history_rows
 from captioning.training.fit import plan
-from captioning.training.self_critical import SelfCritical
+from captioning.training.self_critical import SelfCritical, best_epoch
 
 
 def test_cider_d_is_pycocoevalcaps_cider():
@@ -120,10 +120,17 @@ def test_killed_between_self_critical_epochs_resumes_to_the_same_model(learnable
     np.testing.assert_allclose(np.array(rows[1]), np.array(rows[0]), rtol=1e-6)  # NaN: no reward before epoch 1
 
 
-@pytest.mark.parametrize("dev, kept", [([0.5, 0.6, 0.4], 1), ([0.5, 0.4, 0.45], 0), ([0.5, 0.6, 0.6], 2)])
+def test_the_best_epoch_on_dev_wins_a_tie_goes_to_the_later_and_nan_never_wins():
+    rows = lambda *dev: [{"epoch": e, "dev_cider": d} for e, d in enumerate(dev)]  # noqa: E731
+    assert best_epoch(rows(0.5, 0.6, 0.4)) == 1 and best_epoch(rows(0.5, 0.4, 0.45)) == 0
+    assert best_epoch(rows(0.5, 0.6, 0.6)) == 2 and best_epoch(rows(0.5, float("nan"), 0.4)) == 0
+    assert best_epoch(rows(float("nan"), float("nan"))) == 1  # no score at all: the last, as before
+
+
+@pytest.mark.parametrize("dev, kept", [([0.5, 0.6, 0.4], 1), ([0.5, 0.4, 0.45], 0)])
 def test_the_epoch_best_on_dev_is_exported(learnable, tmp_path, monkeypatch, dev, kept):
     """Like early stopping for the cross-entropy epochs: a self-critical epoch that lowers dev
-    CIDEr-D (on a small train set it can) is not what model.keras holds; a tie goes to the later one."""
+    CIDEr-D (on a small train set it can) is not what model.keras holds."""
     scores = iter(dev)
     monkeypatch.setattr(sc_module.SelfCritical, "dev_cider", lambda self, refs: next(scores))
     run = tmp_path / "run"
