@@ -170,6 +170,11 @@ def test_caption_and_evaluate_choose_among_both_models_captions(learnable, tmp_p
     assert settings["both"]["candidates"] == "both" and "candidates" not in settings["model"]
     image = str(learnable["data"] / "Images" / "sample_00000.jpg")
     capsys.readouterr()
+    for wrong in (b"damaged", (learnable["run"] / "model.keras").read_bytes()):  # another run's decoder
+        (run / CROSS_ENTROPY_FILE).write_bytes(wrong)
+        assert main(["caption", image, "--run", str(run), "--beam", "3"]) == 1
+        err = capsys.readouterr().err
+        assert CROSS_ENTROPY_FILE in err and "--candidates model" in err and "Traceback" not in err
     (run / CROSS_ENTROPY_FILE).unlink()
     assert main(["caption", image, "--run", str(run), "--beam", "3"]) == 0
     out, err = capsys.readouterr()

@@ -26,6 +26,23 @@ def _named(load, image, size):
         raise ImageError(f"{image}: {e}") from None
 
 
+def _proposer(path: Path, vocab, decoder):
+    """The step model of a run's ``cross_entropy.keras``, or a clear error for a damaged file or one
+    from another run (other words, another decoder's layers)."""
+    instead = "Or re-rank model.keras's captions alone (--candidates model)."
+    try:
+        model = load_model(path)
+        if model.outputs[0].shape[-1] != len(vocab):
+            raise ValueError(f"{model.outputs[0].shape[-1]} words, not {len(vocab)}")
+        return decoders.step_model(model, decoder)
+    except CaptioningError as e:
+        raise CaptioningError(f"{e} {instead}") from None
+    except ValueError as e:
+        why = str(e).split(". Existing layers")[0]
+        raise CaptioningError(f"{path} does not belong to this run ({why}): copy the run folder again or run "
+                              f"`captioning fit ... --resume` on it to write it again. {instead}") from None
+
+
 def empty_captions_note(captions, run_dir) -> str | None:
     """Captions that ended before any word are the sign of a run that has not learned yet: say so,
     rather than leave blank lines to puzzle over."""
@@ -120,7 +137,7 @@ class Captioner:
             path = home / CROSS_ENTROPY_FILE
             if path.is_file():
                 v = self.vocab
-                steps = decoders.step_model(load_model(path), self.decoder)
+                steps = _proposer(path, v, self.decoder)
                 self._proposers = [WithoutTokens(steps, [v.pad_id, v.unk_id, v.start_id])]
             elif self.run.results.get("self_critical_kept_epoch", "self_critical_dev_cider" in self.run.results):
                 self.notes.append(f"{home} has no {CROSS_ENTROPY_FILE} (runs before version 0.5 lack it): re-ranked among "
