@@ -126,7 +126,46 @@ def test_the_match_outweighs_a_small_consensus_lead(tmp_path):
     enc = lambda text: vocab.encode(text.split(), markers=False) + [vocab.end_id]  # noqa: E731
     beam = _Beam([[(enc("a dog runs on grass"), -1.0, -0.1), (enc("a red ball on grass blue"), -3.0, -0.9)]])
     plain = consensus.ConsensusRerank(beam, consensus.Consensus.load(path), vocab, neighbours=5)
-    matched = consensus.ConsensusRerank(beam, plain.consensus, vocab, neighbours=5, matcher=_Fixed(), matching=1.0)
+    matched = consensus.ConsensusRerank(beam, plain.consensus, vocab, neighbours=5, matcher=_Fixed(), matching=1.0,
+                                        retrieved=0)
     assert vocab.decode(plain(None, features[:1], 2, 3, 10).tokens[0]) == "a dog runs on grass".split()
     assert vocab.decode(matched(None, features[:1], 2, 3, 10).tokens[0]) == "a red ball on grass blue".split()
     assert matched.describe()["matching"] == 1.0 and "matching" not in plain.describe()
+
+
+class _BallMatcher:
+    """A matcher that fits no candidate better than another, but puts the train captions about a
+    ball closest to every photo."""
+
+    def __init__(self, vocab):
+        self.ball = vocab.index["ball"]
+
+    def scores(self, features, candidates):
+        return [np.zeros(len(c)) for c in candidates]
+
+    def image_vectors(self, features):
+        return np.tile([1.0, 0.0], (len(features), 1))
+
+    def caption_vectors(self, captions):
+        return np.array([[1.0, 0.0] if self.ball in ids else [0.0, 1.0] for ids in captions])
+
+
+def test_the_train_captions_the_matcher_retrieves_vote_too(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(20, 6)).astype(np.float32)
+    refs = [[["a", "red", "ball", "on", "grass"]] if i % 2 else [["a", "dog", "runs", "on", "grass"]] for i in range(20)]
+    path = consensus.write(tmp_path / consensus.FILE, features, refs, dimensions=4)
+    vocab = Vocabulary(["a", "red", "ball", "dog", "runs", "on", "grass"])
+    enc = lambda text: vocab.encode(text.split(), markers=False) + [vocab.end_id]  # noqa: E731
+    beam = _Beam([[(enc("a dog runs on grass"), -1.0, -0.1), (enc("a red ball on grass"), -1.5, -0.3)]])
+    c = consensus.Consensus.load(path)
+    both = [w.split() for w in ("a dog runs on grass", "a red ball on grass")]
+    np.testing.assert_allclose(c.caption_scores(both, [1, 3]), c.scores(both, [1, 3]))  # one caption per image
+    kwargs = dict(neighbours=20, matcher=_BallMatcher(vocab), matching=1.0)  # all 20 neighbours: a tie
+    without = consensus.ConsensusRerank(beam, c, vocab, retrieved=0, **kwargs)
+    retrieving = consensus.ConsensusRerank(beam, c, vocab, retrieved=5, **kwargs)
+    assert vocab.decode(without(None, features[:1], 2, 3, 10).tokens[0]) == both[0]
+    assert vocab.decode(retrieving(None, features[:1], 2, 3, 10).tokens[0]) == both[1]
+    scores = retrieving.scores(features[:1], [[t for t, _, _ in beam.alternatives[0]]])[0]
+    assert scores.retrieved[1] > 0 == scores.retrieved[0] and scores.consensus[0] == pytest.approx(scores.consensus[1])
+    assert retrieving.describe()["retrieved"] == 5

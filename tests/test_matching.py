@@ -45,6 +45,7 @@ def test_fit_writes_a_matcher_and_beam_search_consults_it(learnable, evaluate_de
     assert (learnable["run"] / matching.FILE).is_file()
     with_match, alone = evaluate_dev(learnable["run"], "m"), evaluate_dev(learnable["run"], "c", "--matching", "0")
     assert with_match["settings"]["matching"] == 1.0 and "matching" not in alone["settings"]
+    assert with_match["settings"]["retrieved"] == 100 and "retrieved" not in alone["settings"]
     assert with_match["metrics"]["BLEU-4"] > with_match["constant_caption_baseline"]["BLEU-4"]
 
 

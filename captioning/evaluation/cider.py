@@ -64,11 +64,15 @@ class CiderD:
         return total * penalty
 
     def score(self, image, words) -> float:
+        return float(np.mean(self.similarities(image, words)))
+
+    def similarities(self, image, words) -> np.ndarray:
+        """CIDEr-D of ``words`` against each of ``image``'s references on its own; their mean is ``score``."""
         refs = self._refs.get(image)
         if refs is None:
             refs = self._refs[image] = [self._vector(r) for r in self._counts[image]]
         hyp = self._vector(ngram_counts(words, self.n))
-        return 10.0 * sum(self._similarity(hyp, r) for r in refs) / (self.n * len(refs))
+        return np.array([10.0 * self._similarity(hyp, r) / self.n for r in refs])
 
     def scores(self, images, hypotheses) -> np.ndarray:
         """One CIDEr-D per (image, hypothesis word list)."""

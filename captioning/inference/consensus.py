@@ -15,6 +15,7 @@ its feature store.
 from __future__ import annotations
 
 import dataclasses
+from collections import defaultdict
 from pathlib import Path
 
 import h5py
@@ -67,6 +68,8 @@ class Consensus:
         self.mean, self.std, self.projection = mean, std, projection
         self.features = np.asarray(features, np.float32)
         self.cider = CiderD(dict(enumerate(references)))
+        self.captions = [words for refs in references for words in refs]  # every train caption, image by image
+        self._caption_at = [(image, slot) for image, refs in enumerate(references) for slot in range(len(refs))]
 
     @classmethod
     def load(cls, path) -> "Consensus":
@@ -97,9 +100,29 @@ class Consensus:
         """Mean CIDEr-D of each candidate (a word list) against the neighbours' references."""
         return np.array([np.mean([self.cider.score(int(j), words) for j in neighbours]) for words in candidates])
 
+    def caption_scores(self, candidates: list, rows) -> np.ndarray:
+        """Mean CIDEr-D of each candidate against each of the train captions ``rows`` (numbers in
+        ``captions``) on its own."""
+        slots = defaultdict(list)
+        for row in rows:
+            image, slot = self._caption_at[int(row)]
+            slots[image].append(slot)
+        return np.array([sum(self.cider.similarities(image, words)[s].sum() for image, s in slots.items()) / len(rows)
+                         for words in candidates])
+
 
 def _key(tokens) -> tuple:
     return tuple(int(t) for t in tokens)
+
+
+@dataclasses.dataclass
+class CandidateScores:
+    """Why re-ranking chose what it chose, per candidate of one photo (``total`` decides)."""
+
+    consensus: np.ndarray  # mean CIDEr-D against the neighbours' references
+    retrieved: np.ndarray  # mean CIDEr-D against the train captions the matcher puts closest (0 without it)
+    match: np.ndarray  # the matcher's cosine (0 without it)
+    total: np.ndarray
 
 
 @dataclasses.dataclass
@@ -107,10 +130,17 @@ class ConsensusRerank:
     """A decoding strategy: ``search`` (beam search) proposes, the neighbours' captions choose, with
     the image–caption ``matcher`` (``matching.Matcher``) adding ``matching`` × its cosine when given.
 
+    With the matcher, the ``retrieved`` train captions it puts closest to the photo (out of all the
+    train captions, whichever image they describe) vote too, at half the neighbours' weight: the
+    neighbours are found by image features alone, these by what the captions say; on dev this lifted
+    CIDEr by 0.008 on average over six runs (README).
+
     ``proposers`` are more step models whose beam search's finished captions join the candidates:
     the run's model before self-critical tuning (``cross_entropy.keras``) words photos differently
     from the tuned one, and choosing among both models' captions lifted dev CIDEr by about 0.01 on
     each of three runs (README)."""
+
+    RETRIEVED_WEIGHT = 0.5
 
     search: object  # BeamSearch: its finished alternatives are the candidates
     consensus: Consensus
@@ -119,11 +149,37 @@ class ConsensusRerank:
     matcher: object = None
     matching: float = 1.0
     proposers: list = dataclasses.field(default_factory=list)
+    retrieved: int = 100
+    _caption_vectors: object = dataclasses.field(default=None, init=False, repr=False)
 
     def describe(self):
         d = {**self.search.describe(), "rerank": "consensus", "neighbours": self.neighbours}
-        d = {**d, "matching": self.matching} if self.matcher is not None and self.matching else d
+        d = {**d, "matching": self.matching, "retrieved": self.retrieved} if self._matches() else d
         return {**d, "candidates": "both"} if self.proposers else d
+
+    def _matches(self) -> bool:
+        return self.matcher is not None and bool(self.matching)
+
+    def scores(self, features, candidates: list) -> list:
+        """One ``CandidateScores`` per photo; ``candidates``: per photo, its captions as token lists."""
+        near = self.consensus.neighbours(features, self.neighbours)
+        words = [[self.vocab.decode(t) for t in cs] for cs in candidates]
+        agree = [self.consensus.scores(w, n) for w, n in zip(words, near)]
+        if not self._matches():
+            zeros = [np.zeros(len(w)) for w in words]
+            return [CandidateScores(a, z, z, a) for a, z in zip(agree, zeros)]
+        match = [np.asarray(m, np.float64) for m in self.matcher.scores(features, candidates)]
+        retrieved = [np.zeros(len(w)) for w in words]
+        if self.retrieved:
+            if self._caption_vectors is None:  # every train caption once per strategy: ~3 s for Flickr8k
+                ids = [self.vocab.encode(c, markers=False) for c in self.consensus.captions]
+                self._caption_vectors = self.matcher.caption_vectors(ids)
+            similarity = self.matcher.image_vectors(features) @ self._caption_vectors.T
+            k = min(self.retrieved, similarity.shape[1])
+            rows = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+            retrieved = [self.consensus.caption_scores(w, r) for w, r in zip(words, rows)]
+        return [CandidateScores(a, r, m, a + self.RETRIEVED_WEIGHT * r + self.matching * m)
+                for a, r, m in zip(agree, retrieved, match)]
 
     def __call__(self, steps, features, start_id, end_id, max_length) -> Hypotheses:
         hyps = self.search(steps, features, start_id, end_id, max_length)
@@ -136,19 +192,14 @@ class ConsensusRerank:
         # a beam that never finished has its best partial caption as its own choice: it competes too
         choices = [pool if own else [(t, lp, None)] + pool
                    for pool, own, t, lp in zip(pools, hyps.alternatives, hyps.tokens, hyps.log_probs)]
-        near = self.consensus.neighbours(features, self.neighbours)
         tokens, log_probs, finished = list(hyps.tokens), list(hyps.log_probs), list(hyps.finished)
         extras = list(hyps.extras)
-        candidates = [[t for t, _, _ in alternatives] for alternatives in choices]
-        match = (self.matcher.scores(features, candidates) if self.matcher is not None and self.matching
-                 else [0.0] * len(candidates))
-        for i, alternatives in enumerate(choices):
-            if len(alternatives) < 2:
-                continue
-            agree = self.consensus.scores([self.vocab.decode(t) for t in candidates[i]], near[i])
-            best = int(np.argmax(agree + self.matching * np.asarray(match[i])))
+        several = [i for i, alternatives in enumerate(choices) if len(alternatives) > 1]
+        scored = self.scores(np.asarray(features)[several], [[t for t, _, _ in choices[i]] for i in several]) if several else []
+        for i, score in zip(several, scored):
+            best = int(np.argmax(score.total))
             if best:  # beam search's own choice is alternatives[0]
-                tokens[i], log_probs[i], finished[i] = alternatives[best][0], alternatives[best][1], True
+                tokens[i], log_probs[i], finished[i] = choices[i][best][0], choices[i][best][1], True
                 if extras:
                     extras[i] = None  # attention maps belong to beam search's choice
         return Hypotheses(tokens, log_probs, finished, extras, pools)

@@ -82,6 +82,21 @@ class Matcher:
         cosine = (np.asarray(images) * np.asarray(texts)).sum(axis=1)
         return np.split(cosine, np.cumsum([len(c) for c in candidates])[:-1])
 
+    def image_vectors(self, features) -> np.ndarray:
+        """(N, 512) unit vectors of photos (pooled or grid features)."""
+        from captioning.inference.consensus import pooled
+        x = pooled(features)
+        images, _ = self.model.predict([x, np.zeros((len(x), self.max_length), np.int32)], verbose=0, batch_size=1024)
+        return np.asarray(images)
+
+    def caption_vectors(self, captions: list) -> np.ndarray:
+        """(N, 512) unit vectors of captions (word-id lists)."""
+        dim = int(self.model.inputs[0].shape[1])
+        _, texts = self.model.predict([np.zeros((len(captions), dim), np.float32),
+                                       padded([self._words(c) for c in captions], self.max_length)],
+                                      verbose=0, batch_size=2048)
+        return np.asarray(texts)
+
     def _words(self, ids):
         ids = list(ids)
         return ids[:ids.index(self.end_id)] if self.end_id in ids else ids
