@@ -250,7 +250,8 @@ def _add_strategy_options(p):
                         "like this one agree with most (consensus re-ranking; 0: beam search's own choice)")
     p.add_argument("--matching", type=_ranged(float, 0), default=1.0, metavar="W", action=_Given,
                    help="re-ranking: add W × how well each caption fits the photo (the run's image–caption "
-                        "matcher, matcher.keras) to the neighbours' consensus; 0: consensus alone")
+                        "matcher, matcher.keras) to the neighbours' consensus, and let the 100 train captions the "
+                        "matcher puts closest to the photo vote at half the neighbours' weight; 0: consensus alone")
     p.add_argument("--candidates", choices=("both", "model"), default="both", action=_Given,
                    help="re-ranking chooses among the captions beam search finds with model.keras and with the "
                         "run's model before self-critical tuning (cross_entropy.keras): both; or model.keras's "

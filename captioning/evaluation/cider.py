@@ -36,6 +36,7 @@ class CiderD:
                 self.doc_freq[gram] += 1
         self.log_images = math.log(float(len(counts)))
         self._counts, self._refs = counts, {}  # each image's vectors made when first scored against
+        self._last = None  # the last hypothesis and its vector
 
     def _vector(self, counts: Counter):
         """tf-idf per n-gram order, each order's norm, and the length (number of words)."""
@@ -66,13 +67,22 @@ class CiderD:
     def score(self, image, words) -> float:
         return float(np.mean(self.similarities(image, words)))
 
-    def similarities(self, image, words) -> np.ndarray:
-        """CIDEr-D of ``words`` against each of ``image``'s references on its own; their mean is ``score``."""
+    def similarities(self, image, words, slots=None) -> np.ndarray:
+        """CIDEr-D of ``words`` against each of ``image``'s references (or those numbered ``slots``) on
+        its own; the mean over all of them is ``score``."""
         refs = self._refs.get(image)
         if refs is None:
             refs = self._refs[image] = [self._vector(r) for r in self._counts[image]]
-        hyp = self._vector(ngram_counts(words, self.n))
-        return np.array([10.0 * self._similarity(hyp, r) / self.n for r in refs])
+        hyp = self._hypothesis(words)
+        chosen = refs if slots is None else [refs[s] for s in slots]
+        return np.array([10.0 * self._similarity(hyp, r) / self.n for r in chosen])
+
+    def _hypothesis(self, words):
+        # one candidate is scored against many images in a row (re-ranking, rewards): vectorise it once
+        key, last = tuple(words), self._last
+        if last is None or last[0] != key:
+            last = self._last = (key, self._vector(ngram_counts(key, self.n)))
+        return last[1]
 
     def scores(self, images, hypotheses) -> np.ndarray:
         """One CIDEr-D per (image, hypothesis word list)."""

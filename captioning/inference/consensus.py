@@ -107,7 +107,7 @@ class Consensus:
         for row in rows:
             image, slot = self._caption_at[int(row)]
             slots[image].append(slot)
-        return np.array([sum(self.cider.similarities(image, words)[s].sum() for image, s in slots.items()) / len(rows)
+        return np.array([sum(self.cider.similarities(image, words, s).sum() for image, s in slots.items()) / len(rows)
                          for words in candidates])
 
 
@@ -195,7 +195,8 @@ class ConsensusRerank:
         tokens, log_probs, finished = list(hyps.tokens), list(hyps.log_probs), list(hyps.finished)
         extras = list(hyps.extras)
         several = [i for i, alternatives in enumerate(choices) if len(alternatives) > 1]
-        scored = self.scores(np.asarray(features)[several], [[t for t, _, _ in choices[i]] for i in several]) if several else []
+        candidates = [[t for t, _, _ in choices[i]] for i in several]
+        scored = self.scores(np.asarray(features)[several], candidates) if several else []
         for i, score in zip(several, scored):
             best = int(np.argmax(score.total))
             if best:  # beam search's own choice is alternatives[0]
