@@ -57,3 +57,14 @@ def evaluate_dev(learnable, tmp_path):
                      str(learnable["features"]), "--split", "dev", "--beam", "3", "--out", str(out), *extra]) == 0
         return json.loads((out / "eval.json").read_text())
     return run
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """The test command runs on several workers (pytest-xdist, ``--dist loadgroup``): the tests of a
+    module that share a module-scoped fixture go to one worker, in order, so that fixture is built
+    once (a dozen fits, say) and what one test leaves there (the notebooks' files) the next finds."""
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        if defs and any(d[-1].scope == "module" for d in defs.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
