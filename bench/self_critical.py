@@ -7,8 +7,10 @@
 
 Starts from the cross-entropy model of a run trained by ``bench/quality.py`` (its
 ``checkpoints/best.keras``), runs ``captioning.training.self_critical.SelfCritical`` with the
-settings given, and after each epoch scores the dev split with pycocoevalcap: greedy, beam 3, and
-beam 3 with re-ranking (consensus, plus the matcher where the run has one). With no option the default epoch is
+settings given, and after each epoch scores the dev split with pycocoevalcap: greedy, beam 3, beam 3
+re-ranking the model's own captions (consensus, plus the matcher where the run has one), and beam 5
+re-ranking both its and the cross-entropy model's captions (``captioning evaluate --beam 5``'s
+default). With no option the default epoch is
 repeated, which reproduces the run's own scores. ``--neighbours K --weight λ`` adds to each
 sample's reward λ × its mean CIDEr-D against the captions of the K nearest *other* train images
 (the run's ``neighbours.h5``): the consensus that re-ranking uses at caption time, taught during
@@ -97,7 +99,8 @@ def main():
         from captioning.inference.matching import Matcher
         sc.cider = WithMatcher(sc.cider, Matcher.load(run / "matcher.keras", fit_plan.run.vocab.end_id), fit_plan.store,
                                a.matcher_weight)
-    print("| variant | epoch | mean reward | greedy | beam 3 | beam 3 + re-ranking | seconds |\n|---|---|---|---|---|---|---|")
+    print("| variant | epoch | mean reward | greedy | beam 3 | beam 3 + re-ranking | beam 5 + re-ranking, both models "
+          "(the default) | seconds |\n|---|---|---|---|---|---|---|---|")
     for epoch in range(a.epochs):
         start = time.perf_counter()
         reward = sc.epoch(epoch)["reward"]
@@ -109,7 +112,8 @@ def main():
         save_model(next_word, out / "model.keras")
         captioner = Captioner.load(out)
         cells = []
-        for strategy in (Greedy(), BeamSearch(3), captioner.reranked(BeamSearch(3))):
+        for strategy in (Greedy(), BeamSearch(3), captioner.reranked(BeamSearch(3), candidates="model"),
+                         captioner.reranked(BeamSearch(5))):  # the last: `captioning evaluate --beam 5`'s default
             m = evaluate(out, a.captions, a.features, split="dev", strategy=strategy, coco=True, captioner=captioner,
                          out=out / f"eval-{len(cells)}").metrics
             cells.append(f"{m['BLEU-4']:.3f} / {m['CIDEr']:.3f}")
