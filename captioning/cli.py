@@ -81,6 +81,7 @@ def _cmd_fit(a):
                       units=a.units, dropout=a.dropout, rnn=a.rnn, learning_rate=a.learning_rate,
                       min_count=a.min_count, max_length_percentile=a.max_length_percentile,
                       patience=a.patience, seed=a.seed, pairs=a.pairs, bidirectional=a.bidirectional,
+                      tie_embeddings=a.tie_embeddings,
                       on_missing=a.on_missing, attention_dim=a.attention_dim,
                       doubly_stochastic=a.doubly_stochastic, monitor=a.monitor, distribute=a.distribute,
                       self_critical_epochs=a.self_critical_epochs,
@@ -383,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dropout rate in the decoder (cross-entropy epochs only)")
     p.add_argument("--rnn", choices=["lstm", "gru"], default="lstm", help="the recurrent cell")
     p.add_argument("--bidirectional", action="store_true", help="inject only: bidirectional final LSTM")
+    p.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=d.tie_embeddings,
+                   help="the word vectors double as the output layer (default: on for init-inject, where it "
+                        "measured better, off for the others; not for attention)")
     p.add_argument("--attention-dim", type=_ranged(int, 1), default=d.attention_dim, help="attention only")
     p.add_argument("--doubly-stochastic", type=_ranged(float, 0), default=d.doubly_stochastic, metavar="LAMBDA",
                    help="attention only: weight of the λ·Σ(1 − Σₜ αₜ)² regulariser")

@@ -35,11 +35,15 @@ def _cfg(kind, **kw):
     return DecoderConfig(kind, **{**sizes, **kw})
 
 
-@pytest.mark.parametrize("kind,rnn", [(k, "lstm") for k in ALL] + [("inject", "gru")])
-def test_one_step_model_equals_teacher_forcing(kind, rnn):
+RECURRENT = [k for k in ALL if k != "attention"]
+
+
+@pytest.mark.parametrize("kind,rnn,tied", [(k, "lstm", False) for k in ALL] + [("inject", "gru", False)]
+                         + [(k, "lstm", True) for k in RECURRENT])
+def test_one_step_model_equals_teacher_forcing(kind, rnn, tied):
     """Each decoder's inference graph, fed its own tokens, gives the teacher-forced model's outputs."""
     keras.utils.set_random_seed(4)
-    cfg = _cfg(kind, rnn=rnn)
+    cfg = _cfg(kind, rnn=rnn, tie_embeddings=tied)
     seq_model = decoders.build(cfg, sequences=True)
     steps_model = decoders.build(cfg)
     steps_model.set_weights(seq_model.get_weights())

@@ -830,9 +830,14 @@ def _mute(run):
     """The run's output layer made to end every caption at once, as an undertrained run often does."""
     from captioning.run import Run, load_model, save_model
     model = load_model(run / "model.keras")
-    kernel, bias = model.get_layer("output").get_weights()
-    bias[Run.load(run).vocab.end_id] = 1e4
-    model.get_layer("output").set_weights([kernel, bias])
+    end = Run.load(run).vocab.end_id
+    if Run.load(run).decoder.tie_embeddings:  # the output layer is the word vectors; its bias lives there
+        bias = model.get_layer("embedding").output_bias
+        bias.assign(keras.ops.scatter_update(bias, [[end]], [1e4]))
+    else:
+        kernel, bias = model.get_layer("output").get_weights()
+        bias[end] = 1e4
+        model.get_layer("output").set_weights([kernel, bias])
     save_model(model, run / "model.keras")
 
 

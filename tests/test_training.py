@@ -158,8 +158,9 @@ def test_decoder_trains_saves_and_reloads_in_safe_mode(tmp_path, kind, rnn):
 
 
 @pytest.mark.parametrize("kind", ["merge", "inject", "init-inject", "pre-inject"])
-def test_fast_path_loss_equals_pairs_loss(tmp_path, kind):
-    c = cfg(kind)
+@pytest.mark.parametrize("tied", [False, True])
+def test_fast_path_loss_equals_pairs_loss(tmp_path, kind, tied):
+    c = cfg(kind, tie_embeddings=tied)
     keras.utils.set_random_seed(1)
     seq_model, pair_model = build_decoder(c, sequences=True), build_decoder(c, sequences=False)
     pair_model.set_weights(seq_model.get_weights())
@@ -183,6 +184,8 @@ def test_bad_configurations():
         build_decoder(cfg("inject", bidirectional=True), sequences=True)
     assert build_decoder(cfg("inject", bidirectional=True)).get_layer("birnn")
     assert build_decoder(cfg("inject"), sequences=True).get_layer("rnn").return_sequences
+    with pytest.raises(CaptioningError, match="--tie-embeddings applies to merge, inject, init-inject, pre-inject"):
+        cfg("attention", grid_size=4, tie_embeddings=True)
 
 
 def test_fit_learns_far_below_unigram_and_writes_the_run(learnable):
@@ -244,6 +247,25 @@ def test_resume_after_killed_fit(learnable, tmp_path):
     assert result.epochs_run == done + 2 and (run / "model.keras").is_file()
     assert load_config(run)["training"]["units"] == 32
     assert float(history["learning_rate"].iloc[done]) <= lr_before + 1e-12
+
+
+def test_a_run_from_before_tied_embeddings_resumes_untied(learnable, tmp_path):
+    """Tying is the default since 0.7; a run whose config predates the option was untied and must stay so."""
+    run = tmp_path / "old"
+    small = dict(batch_size=16, units=16, embed_dim=8, min_count=1, self_critical_epochs=0)
+    fit(learnable["data"], learnable["features"], run, FitOptions(epochs=1, tie_embeddings=False, **small), verbose=0)
+    config = json.loads((run / "config.json").read_text())
+    del config["training"]["tie_embeddings"], config["decoder"]["tie_embeddings"]
+    (run / "config.json").write_text(json.dumps(config))
+    fit(learnable["data"], learnable["features"], run, FitOptions(epochs=2), resume=True, verbose=0)
+    assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [0, 1]
+    assert type(keras.models.load_model(run / "model.keras").get_layer("embedding")) is keras.layers.Embedding
+    assert load_config(run)["decoder"]["tie_embeddings"] is False
+    new = tmp_path / "new"
+    fit(learnable["data"], learnable["features"], new, FitOptions(decoder="init-inject", epochs=1, **small), verbose=0)
+    assert load_config(new)["decoder"]["tie_embeddings"] is True  # init-inject's default; merge's is untied
+    assert "output" not in [w.path.split("/")[0] for w in keras.models.load_model(new / "model.keras").weights
+                            if w.path.endswith("kernel")]
 
 
 def test_figures_leave_a_notebooks_plotting_backend_alone(tmp_path):

@@ -14,6 +14,7 @@ class Attention(Decoder):
     name = "attention"
     help = "soft attention over a --spatial grid (Show, Attend and Tell)"
     needs_spatial = True
+    can_tie = False  # its deep output layer reads [h, context, word], not one vector in word space
 
     def build(self, cfg, sequences=False):
         keras = import_keras()

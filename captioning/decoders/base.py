@@ -34,6 +34,7 @@ class DecoderConfig:
     grid_size: int = 0  # attention only: grid cells per image (H·W); feature_dim is then channels
     attention_dim: int = 256
     doubly_stochastic: float = 0.02  # λ of Σ_cells(1 − Σ_t α)²: ≈ the usual mean over 49 cells
+    tie_embeddings: bool = False  # the word vectors are the output layer too (recurrent decoders)
 
     def __post_init__(self):
         from captioning import decoders
@@ -49,7 +50,12 @@ class DecoderConfig:
         for ok, name, allowed in checks:
             if not ok:
                 raise UsageError(f"{name} must be {allowed}; got {getattr(self, name.lstrip('-').replace('-', '_'))!r}")
-        decoders.get(self.type).validate(self)
+        decoder = decoders.get(self.type)
+        if self.tie_embeddings and not decoder.can_tie:
+            tied = ", ".join(n for n in decoders.names() if decoders.get(n).can_tie)
+            raise UsageError(f"--tie-embeddings applies to {tied}; the {self.type} decoder's output layer reads "
+                             "more than the RNN's state. Leave the option out for it.")
+        decoder.validate(self)
 
     @property
     def decoder(self) -> "Decoder":
@@ -72,6 +78,8 @@ class Decoder:
     help: str = ""
     needs_spatial: bool = False  # reads the (H·W, C) grid rather than a pooled vector
     output_offset: int = 0  # steps before the first word prediction (pre-inject: the image step)
+    can_tie: bool = True  # its output layer can be the transposed word vectors (--tie-embeddings)
+    tied_by_default: bool = False  # where tying measured better on Flickr8k dev (README, "Tied word vectors")
 
     def is_causal(self, cfg: DecoderConfig) -> bool:
         """Whether this configuration can train on whole captions (the fast path: the same objective as the

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from captioning.console import import_keras
 from captioning.decoders.base import Decoder, rnn_layer
-from captioning.decoders.recurrent import RecurrentSteps, head
+from captioning.decoders.recurrent import RecurrentSteps, head, step_probs, word_embedding
 from captioning.decoders.steps import PrefixSteps
 from captioning.errors import UsageError
 
@@ -35,7 +35,8 @@ class Inject(Decoder):
         image = keras.Input((cfg.feature_dim,), name="image")
         length = None if sequences else cfg.max_length - 1  # all but endseq
         caption = keras.Input((length,), dtype="int32", name="caption")
-        embed = L.Embedding(cfg.vocab_size, cfg.embed_dim, mask_zero=True, name="embedding")(caption)
+        embedding = word_embedding(cfg)
+        embed = embedding(caption)
         img = L.Dropout(cfg.dropout, name="image_dropout")(FeatureStandardization(name="image_norm")(image))
         img = L.Dense(cfg.embed_dim, activation="relu", name="image_dense")(img)
         words = rnn_layer(cfg, "caption_rnn", True, sequences)(embed)
@@ -44,7 +45,7 @@ class Inject(Decoder):
         final = rnn_layer(cfg, "rnn", sequences, sequences)
         hidden = (L.Bidirectional(final, name="birnn") if cfg.bidirectional else final)(both)
         kind = "sequences" if sequences else "next_word"
-        return keras.Model([image, caption], head(cfg, hidden), name=f"inject_{kind}")
+        return keras.Model([image, caption], head(cfg, hidden, embedding), name=f"inject_{kind}")
 
     def step_model(self, model, cfg):
         from captioning.decoders.layers import RepeatAlong
@@ -87,7 +88,7 @@ class InjectSteps(RecurrentSteps):
         inner = [keras.Input((self.units,), name=f"rnn_state_{i}") for i in range(per_rnn)]
         second_step = keras.Model([both, *inner], run(second, both, inner), name="second_rnn_step")
         h, *states_2 = second_step([keras.ops.concatenate([context, words], axis=-1), *states[per_rnn:]])
-        probs = layer("output")(layer("decoder_dense")(h))
+        probs = step_probs(layer, h)
         log_p = keras.ops.log(keras.ops.maximum(probs, 1e-12))
         self._graph = ([token, context, *states], log_p, [context, *states_1, *states_2])
         self.stepper = keras.Model(self._graph[0], [log_p, *self._graph[2]], name="one_step")

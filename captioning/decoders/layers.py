@@ -90,3 +90,41 @@ class RepeatAlong(keras.layers.Layer):
 
     def compute_output_shape(self, input_shapes):
         return (input_shapes[1][0], input_shapes[1][1], input_shapes[0][-1])
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class TiedEmbedding(keras.layers.Layer):
+    """Word vectors that are also the output layer (Press & Wolf 2017; Inan et al. 2017).
+
+    Called on word ids it embeds them (id 0, padding, is masked); called with ``reverse=True`` on
+    (…, embed_dim) vectors it returns next-word logits through the transposed table plus a per-word
+    bias. One table learns from both ends, halving the word parameters a small caption set must fit.
+    """
+
+    def __init__(self, input_dim: int, output_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.input_dim, self.output_dim = input_dim, output_dim
+        self.supports_masking = True
+
+    def build(self, input_shape=None):
+        self.embeddings = self.add_weight(shape=(self.input_dim, self.output_dim), initializer="uniform",
+                                          name="embeddings")
+        self.output_bias = self.add_weight(shape=(self.input_dim,), initializer="zeros", name="output_bias")
+
+    def call(self, inputs, reverse=False):
+        ops = keras.ops
+        if reverse:
+            return ops.matmul(inputs, ops.transpose(self.embeddings)) + self.output_bias
+        return ops.take(self.embeddings, ops.cast(inputs, "int32"), axis=0)
+
+    def compute_mask(self, inputs, mask=None):
+        if "int" in str(inputs.dtype):
+            return keras.ops.not_equal(inputs, 0)
+        return mask  # reversed: the hidden vectors' own padding mask passes through
+
+    def compute_output_spec(self, inputs, reverse=False):
+        shape = (*inputs.shape[:-1], self.input_dim) if reverse else (*inputs.shape, self.output_dim)
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "input_dim": self.input_dim, "output_dim": self.output_dim}

@@ -22,13 +22,14 @@ class RecurrentDecoder(Decoder):
         from captioning.decoders.layers import FeatureStandardization, LastValidStep
         image = keras.Input((cfg.feature_dim,), name="image")
         caption = keras.Input((None,), dtype="int32", name="caption")
-        embed = L.Embedding(cfg.vocab_size, cfg.embed_dim, mask_zero=True, name="embedding")(caption)
+        embedding = word_embedding(cfg)
+        embed = embedding(caption)
         img = L.Dropout(cfg.dropout, name="image_dropout")(FeatureStandardization(name="image_norm")(image))
         words = L.Dropout(cfg.dropout, name="caption_dropout")(embed)
         hidden = self.decode(cfg, img, words, sequences)
         if not sequences:
             hidden = LastValidStep(self.output_offset, name="last_step")([hidden, caption])
-        out = head(cfg, hidden)
+        out = head(cfg, hidden, embedding)
         kind = "sequences" if sequences else "next_word"
         return keras.Model([image, caption], out, name=f"{self.name.replace('-', '_')}_{kind}")
 
@@ -49,11 +50,32 @@ class RecurrentDecoder(Decoder):
         return h
 
 
-def head(cfg: DecoderConfig, hidden):
-    """RNN output → a dense layer → softmax over the vocabulary."""
+def word_embedding(cfg: DecoderConfig):
     L = import_keras().layers
+    from captioning.decoders.layers import TiedEmbedding
+    if cfg.tie_embeddings:
+        return TiedEmbedding(cfg.vocab_size, cfg.embed_dim, name="embedding")
+    return L.Embedding(cfg.vocab_size, cfg.embed_dim, mask_zero=True, name="embedding")
+
+
+def head(cfg: DecoderConfig, hidden, embedding):
+    """RNN output → a dense layer → softmax over the vocabulary (through the word vectors when tied)."""
+    L = import_keras().layers
+    if cfg.tie_embeddings:
+        hidden = L.Dense(cfg.embed_dim, activation="relu", name="decoder_dense")(hidden)
+        return L.Activation("softmax", name="output")(embedding(hidden, reverse=True))
     hidden = L.Dense(cfg.units, activation="relu", name="decoder_dense")(hidden)
     return L.Dense(cfg.vocab_size, activation="softmax", name="output")(hidden)
+
+
+def step_probs(layer, h):
+    """One step's head over the trained model's layers: the same path as ``head``."""
+    from captioning.decoders.layers import TiedEmbedding
+    hidden = layer("decoder_dense")(h)
+    embedding = layer("embedding")
+    if isinstance(embedding, TiedEmbedding):
+        hidden = embedding(hidden, reverse=True)
+    return layer("output")(hidden)
 
 
 class RecurrentSteps(StepModel):
@@ -82,7 +104,7 @@ class RecurrentSteps(StepModel):
         states = [keras.Input((self.units,), name=f"state_{i}") for i in range(self.n_states)]
         h, new_states = self.cell(layer("embedding")(token), states if self.n_states == 2 else states[0])
         new_states = list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
-        probs = layer("output")(layer("decoder_dense")(decoder.combine(layer, context, h)))
+        probs = step_probs(layer, decoder.combine(layer, context, h))
         log_p = keras.ops.log(keras.ops.maximum(probs, 1e-12))  # in the graph: one pass, all cores
         self._graph = ([token, *context, *states], log_p, [*context, *new_states])
         self.stepper = keras.Model(self._graph[0], [log_p, *self._graph[2]], name="one_step")

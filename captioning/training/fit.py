@@ -50,6 +50,7 @@ class FitOptions:
     dropout: float = 0.5
     rnn: str = "lstm"
     bidirectional: bool = False
+    tie_embeddings: bool | None = None  # None: the decoder's own default (tied for init-inject)
     learning_rate: float = 1e-3
     min_count: int = 5
     max_length_percentile: float | None = 99.9  # longer captions are cut (a stray 10,000-word line costs 36×)
@@ -250,6 +251,7 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
         # The run's own settings win, except --epochs: the total number of epochs to reach.
         known = {f.name for f in dataclasses.fields(FitOptions)}
         kept = {k: v for k, v in saved.training.items() if k in known and k not in ("epochs", "distribute")}
+        kept.setdefault("tie_embeddings", saved.decoder.tie_embeddings)  # runs from before the option: untied
         _refuse_changed_settings(out, options, kept)
         options = dataclasses.replace(options, **kept)
     options.validate()
@@ -285,10 +287,11 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
         if longer:
             notes.append(f"{longer} train captions are longer than {max_length - 2} words (the "
                          f"{options.max_length_percentile}th percentile) and were cut to it.")
+    tie = decoder.tied_by_default if options.tie_embeddings is None else options.tie_embeddings
     cfg = DecoderConfig(options.decoder, len(vocab), spec.feature_shape[-1], max_length, options.embed_dim,
                         options.units, options.dropout, options.rnn, options.bidirectional,
                         grid_size=spec.feature_shape[0] if spec.spatial else 0, attention_dim=options.attention_dim,
-                        doubly_stochastic=options.doubly_stochastic)
+                        doubly_stochastic=options.doubly_stochastic, tie_embeddings=tie)
     run = Run(spec, cfg, vocab, training={**dataclasses.asdict(options)},
               data={"source": str(dataset.source.resolve()), "format": dataset.format,
                     "train_images": int(train["image"].nunique()), "dev_images": int(dev["image"].nunique()),
