@@ -385,8 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rnn", choices=["lstm", "gru"], default="lstm", help="the recurrent cell")
     p.add_argument("--bidirectional", action="store_true", help="inject only: bidirectional final LSTM")
     p.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=d.tie_embeddings,
-                   help="the word vectors double as the output layer (default: on for init-inject, where it "
-                        "measured better, off for the others; not for attention)")
+                   help="the word vectors double as the output layer (default: on for init-inject and inject, "
+                        "where it measured better, off for merge and pre-inject; not for attention)")
     p.add_argument("--attention-dim", type=_ranged(int, 1), default=d.attention_dim, help="attention only")
     p.add_argument("--doubly-stochastic", type=_ranged(float, 0), default=d.doubly_stochastic, metavar="LAMBDA",
                    help="attention only: weight of the λ·Σ(1 − Σₜ αₜ)² regulariser")

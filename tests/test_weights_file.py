@@ -66,7 +66,10 @@ def test_caption_a_raw_photo_in_a_new_process_uses_the_recorded_file(weights_run
     image = store.ids[0]
     done = _caption(weights_run["run"], sample_dir / "Images" / image)
     assert done.returncode == 0, done.stderr
-    assert "Traceback" not in done.stderr and json.loads(done.stdout)["caption"]
+    line = json.loads(done.stdout)
+    # Two epochs on 60 images teach no words (the caption may be empty, or "a a a ..."): what is tested
+    # here is that a fresh process captions the photo with the recorded network, as checked below.
+    assert "Traceback" not in done.stderr and isinstance(line["caption"], str) and np.isfinite(line["log_prob"])
     from captioning.inference import Captioner
     recomputed = Captioner.load(weights_run["run"]).image_features([sample_dir / "Images" / image])
     np.testing.assert_allclose(recomputed[0], store[image], rtol=1e-3, atol=1e-3)  # the same network

@@ -19,6 +19,7 @@ from captioning.errors import UsageError
 class Inject(Decoder):
     name = "inject"
     help = "image repeated beside every word, a second RNN over both (--bidirectional: pairs only)"
+    tied_by_default = True
 
     def is_causal(self, cfg):
         return not cfg.bidirectional

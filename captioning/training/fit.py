@@ -50,7 +50,7 @@ class FitOptions:
     dropout: float = 0.5
     rnn: str = "lstm"
     bidirectional: bool = False
-    tie_embeddings: bool | None = None  # None: the decoder's own default (tied for init-inject)
+    tie_embeddings: bool | None = None  # None: the decoder's own default (tied: init-inject, inject)
     learning_rate: float = 1e-3
     min_count: int = 5
     max_length_percentile: float | None = 99.9  # longer captions are cut (a stray 10,000-word line costs 36×)
