@@ -193,8 +193,8 @@ def _cmd_demo(a):
     run_demo(a.out, images=a.scenes, backbone=a.backbone, epochs=a.epochs)
 
 
-def _ranged(kind, low, high=None, low_open=False, what=""):
-    """An argparse type that refuses values outside [low, high] (or (low, high]) with the range named."""
+def _ranged(kind, low, high=None, low_open=False, what="", high_open=False):
+    """An argparse type that refuses values outside [low, high] (either end open on request) with the range named."""
     def parse(text):
         try:
             v = kind(text)
@@ -202,8 +202,9 @@ def _ranged(kind, low, high=None, low_open=False, what=""):
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
         if kind is float and v in (float("inf"), float("-inf")):  # --matching inf would make every score nan
             raise argparse.ArgumentTypeError(f"{text} is not a finite number")
-        if v != v or (v <= low if low_open else v < low) or (high is not None and v > high):
-            rng = f"{'>' if low_open else '≥'} {low}" + (f" and ≤ {high}" if high is not None else "")
+        above = high is not None and (v >= high if high_open else v > high)
+        if v != v or (v <= low if low_open else v < low) or above:
+            rng = f"{'>' if low_open else '≥'} {low}" + (f" and {'<' if high_open else '≤'} {high}" if high is not None else "")
             raise argparse.ArgumentTypeError(f"{text} is out of range: must be {rng}{what}")
         return v
     parse.__name__ = kind.__name__  # argparse names the type in its messages
@@ -380,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per batch on each device (a step takes batch size × devices)")
     p.add_argument("--embed-dim", type=_ranged(int, 1), default=d.embed_dim, help="word embedding size")
     p.add_argument("--units", type=_ranged(int, 1), default=d.units, help="RNN state size")
-    p.add_argument("--dropout", type=_ranged(float, 0, 0.999999, what=" and < 1"), default=d.dropout,
+    p.add_argument("--dropout", type=_ranged(float, 0, 1, high_open=True), default=d.dropout,
                    help="dropout rate in the decoder (cross-entropy epochs only)")
     p.add_argument("--rnn", choices=["lstm", "gru"], default="lstm", help="the recurrent cell")
     p.add_argument("--bidirectional", action="store_true", help="inject only: bidirectional final LSTM")

@@ -85,6 +85,12 @@ def test_fit_option_out_of_range_is_a_usage_error(capsys, tmp_path, option, valu
     assert not (tmp_path / "run").exists()
 
 
+def test_a_range_open_at_the_top_is_said_plainly(capsys, tmp_path):
+    code, _, err = cli(capsys, "fit", "--captions", tmp_path, "--features", tmp_path / "f.h5", "--out",
+                       tmp_path / "run", "--dropout", "1")
+    assert code == 2 and "--dropout: 1 is out of range: must be ≥ 0 and < 1" in err, err
+
+
 CAPTION_BAD = [("--beam", "-1"), ("--max-length", "1"), ("--temperature", "0"), ("--temperature", "-2"),
                ("--top-k", "-1"), ("--length-penalty", "-1"), ("--length-penalty", "inf"), ("--temperature", "inf"),
                ("--matching", "-1"), ("--matching", "inf"), ("--matching", "nan")]
