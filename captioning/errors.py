@@ -4,6 +4,9 @@ A ``CaptioningError`` carries a message written for a person: what went wrong, w
 image), and what to do. The CLI prints it without a traceback and exits with status 1.
 """
 
+# what to do about a run folder's file that is damaged or not what `fit` wrote
+DAMAGED_RUN_FILE = "copy the run folder again from where it came from, or train it again"
+
 
 class CaptioningError(Exception):
     """A problem with the user's input or environment, explained in the message."""

@@ -21,7 +21,7 @@ from captioning import atomic, decoders  # noqa: F401  (decoders: registers the 
 from captioning.console import import_keras
 from captioning.data import Vocabulary
 from captioning.decoders import DecoderConfig
-from captioning.errors import CaptioningError
+from captioning.errors import DAMAGED_RUN_FILE, CaptioningError
 from captioning.features.spec import FeatureSpec
 
 CONFIG_FORMAT = "captioning-run"
@@ -81,9 +81,9 @@ def load_config(run_dir) -> dict:
         raise CaptioningError(f"{run_dir}: not a run folder (no config.json). Train one with "
                               "`captioning fit ... --out RUN_DIR`.") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CaptioningError(f"{path}: unreadable run config ({e})") from e
+        raise CaptioningError(f"{path}: unreadable run config ({e}); {DAMAGED_RUN_FILE}.") from e
     if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
-        raise CaptioningError(f"{path}: not a captioning run config")
+        raise CaptioningError(f"{path}: not a captioning run config; {DAMAGED_RUN_FILE}.")
     return config
 
 
@@ -95,7 +95,7 @@ def load_model(path, compile: bool = False):
         raise CaptioningError(f"{path}: no such model file")
     advice = ("this run's checkpoints are damaged (kills never do that: each is written whole, then renamed); "
               "start the run again in a new folder" if path.parent.name == "checkpoints" else
-              "copy the run folder again from where it came from, or train it again")
+              DAMAGED_RUN_FILE)
     if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a file that is there
         raise CaptioningError(f"{path} is not a .keras model file (a .keras file is a zip archive): {advice}.")
     try:

@@ -446,7 +446,10 @@ def _broken_run(base, tmp_path, edit):
                                                           "decoder": "merge"})), "config.json"),
     (lambda r: (r / "config.json").write_text(json.dumps({k: v for k, v in json.loads(
         (r / "config.json").read_text()).items() if k != "decoder"})), "config.json"),
+    (lambda r: (r / "config.json").write_text("[]"), "config.json: not a captioning run config; copy the run"),
     (lambda r: (r / "vocab.json").unlink(), "vocab.json"),
+    (lambda r: (r / "vocab.json").write_text("{"), "vocab.json: cannot read vocabulary"),
+    (lambda r: (r / "vocab.json").write_text("[1]"), "vocab.json: not a captioning vocabulary file; copy the run"),
     (lambda r: (r / "model.keras").write_bytes(b"PK\x03\x04 truncated"), "model.keras"),
     (lambda r: (r / "model.keras").write_text("junk"), "model.keras is not a .keras model file"),
     (lambda r: (r / "model.keras").unlink(), "model.keras")])

@@ -11,7 +11,7 @@ import numpy as np
 
 from captioning import atomic
 from captioning.data.text import END_TOKEN, START_TOKEN, CleaningOptions, tokenize
-from captioning.errors import CaptioningError
+from captioning.errors import DAMAGED_RUN_FILE, CaptioningError
 
 PAD, UNK = "<pad>", "<unk>"
 _FORMAT = "captioning-vocabulary"
@@ -81,9 +81,10 @@ class Vocabulary:
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
-            raise CaptioningError(f"{path}: cannot read vocabulary ({e})") from e
-        if d.get("format") != _FORMAT or d.get("tokens", [None])[:4] != [PAD, UNK, START_TOKEN, END_TOKEN]:
-            raise CaptioningError(f"{path}: not a captioning vocabulary file")
+            raise CaptioningError(f"{path}: cannot read vocabulary ({e}); {DAMAGED_RUN_FILE}.") from e
+        if (not isinstance(d, dict) or d.get("format") != _FORMAT
+                or d.get("tokens", [None])[:4] != [PAD, UNK, START_TOKEN, END_TOKEN]):
+            raise CaptioningError(f"{path}: not a captioning vocabulary file; {DAMAGED_RUN_FILE}.")
         return cls(d["tokens"][4:], CleaningOptions.from_dict(d.get("cleaning")),
                    d.get("min_count", 1), d.get("counts"))
 
