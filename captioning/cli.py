@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     from captioning import decoders
     from captioning.data.formats import FORMATS
     from captioning.distribute import CHOICES as DISTRIBUTE
-    from captioning.training.fit import MONITORS, FitOptions
+    from captioning.training.fit import DEFAULT_EPOCHS, MONITORS, FitOptions
     d = FitOptions()
     parser = argparse.ArgumentParser(formatter_class=_HelpFormatter,
         prog="captioning", description="Image captioning with Keras: cached CNN features, "
@@ -376,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="; ".join(f"{n}: {decoders.get(n).help}" for n in decoders.names()))
     p.add_argument("--model", dest="decoder_deprecated", choices=decoders.names(), help=argparse.SUPPRESS)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to write (or --resume)")
-    p.add_argument("--epochs", type=_ranged(int, 1), default=d.epochs, help="the most epochs (early stopping)")
+    p.add_argument("--epochs", type=_ranged(int, 1), default=None,
+                   help=f"the most epochs (early stopping) (default: {DEFAULT_EPOCHS}; with --resume, the run's own)")
     p.add_argument("--batch-size", type=_ranged(int, 1), default=d.batch_size,
                    help="images per batch on each device (a step takes batch size × devices)")
     p.add_argument("--embed-dim", type=_ranged(int, 1), default=d.embed_dim, help="word embedding size")

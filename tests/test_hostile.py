@@ -768,6 +768,42 @@ def test_a_half_written_checkpoint_from_a_kill_is_ignored(base, capsys, tmp_path
     assert not (run / "checkpoints" / ".last.tmp-99999.keras").exists()  # the resumed run removed it
 
 
+def test_damaged_history_tables_are_rewritten_from_the_state_on_resume(base, capsys, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    tables = {name: (run / name).read_text() for name in ("history.csv", "self_critical.csv")}
+    (run / "model.keras").unlink()  # as if killed while exporting
+    (run / "history.csv").write_text("epoch,val_loss\n0,0.0\n")  # hand-edited: epoch 0 looks perfect
+    (run / "self_critical.csv").write_text("garbage,\n")
+    code, out, _ = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out", run, "--resume")
+    assert code == 0 and (run / "model.keras").is_file() and "Trained 2 epochs" in out  # its own --epochs, not 20
+    assert {name: (run / name).read_text() for name in tables} == tables
+    # more epochs: which epoch is best is judged against the recorded losses, not the edited file's
+    (run / "history.csv").write_text("epoch,val_loss\n0,0.0\n")
+    code, out, _ = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out", run,
+                       "--resume", "--epochs", "3")
+    history = pd.read_csv(run / "history.csv")
+    assert code == 0 and "Trained 3 epochs" in out and history["epoch"].tolist() == [0, 1, 2]
+    assert history.iloc[:2].to_csv(index=False) == tables["history.csv"]
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert state["early_stopping"]["best"] == history["val_loss"].min()
+
+
+@pytest.mark.parametrize("table,says", [("epoch,val_loss\n1,2.5\n", "lacks epoch 0 of the 2"),
+                                        ("epoch,val_loss\n0,abc\n", "history.csv, line 2: not a table")])
+def test_a_run_from_before_recorded_rows_names_a_damaged_history_table(base, capsys, tmp_path, table, says):
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    state = run / "checkpoints" / "state.json"
+    state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items()
+                                 if k not in ("history", "self_critical")}))
+    (run / "history.csv").write_text(table)
+    before = digest(run)
+    code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out", run,
+                       "--resume", "--epochs", "3")
+    assert code == 1 and says in err and digest(run) == before
+
+
 @pytest.mark.slow
 def test_extraction_killed_at_random_moments_resumes_to_the_same_store(base, tmp_path):
     out = tmp_path / "f.h5"

@@ -3,7 +3,8 @@
 Each epoch writes ``checkpoints/best.keras`` (when validation loss improved), ``last.keras``,
 ``history.csv`` and finally ``state.json``, each under a temporary name and renamed. The epoch
 counts only once ``state.json`` names it, so a kill at any instant resumes from the last complete
-epoch. The state also holds what the callbacks remember (early stopping's and the learning-rate
+epoch. ``state.json`` also records every epoch's row: which checkpoint is the best is decided from
+it, and ``history.csv`` (a report people open, plot and sometimes edit) is rewritten from it. The state also holds what the callbacks remember (early stopping's and the learning-rate
 schedule's counters), and dropout is reseeded from (seed, epoch) at every epoch, so a resumed
 run computes the same epochs as an uninterrupted one.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +44,43 @@ def history_rows(path: Path, upto: int | None = None) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+    rows, reader = [], None
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            for r in reader:
+                if None in r or None in r.values() or "epoch" not in r:
+                    raise ValueError("its columns do not match the header")
+                rows.append({k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()})
+    except (ValueError, UnicodeDecodeError, csv.Error) as e:
+        where = f"{path}, line {reader.line_num}" if reader and reader.line_num else str(path)
+        raise CaptioningError(f"{where}: not a table `captioning fit` wrote ({e}).") from e
     return [r for r in rows if upto is None or r["epoch"] < upto]
+
+
+def recorded_rows(state: dict | None, key: str, csv_path: Path, epochs: range) -> list[dict]:
+    """The rows of ``epochs`` that ``state.json`` records under ``key``; a run from before 0.7.1
+    recorded them only in ``csv_path``, which must then hold every one of them."""
+    if not epochs:
+        return []
+    if state and key in state:
+        rows = [{k: (int(v) if k == "epoch" else math.nan if v is None else float(v)) for k, v in r.items()}
+                for r in state[key]]
+    else:
+        rows = history_rows(csv_path)
+    by_epoch = {r["epoch"]: r for r in rows}
+    missing = [e for e in epochs if e not in by_epoch]
+    if missing:
+        raise CaptioningError(
+            f"{csv_path} lacks epoch {missing[0]} of the {len(epochs)} that checkpoints/state.json counts as "
+            "complete: the file was edited or damaged. Put back the original, or start the run again in a "
+            "new folder.")
+    return [by_epoch[e] for e in epochs]
+
+
+def json_rows(rows: list[dict]) -> list[dict]:
+    """Rows for ``state.json``: NaN and infinities (not JSON) as null."""
+    return [{k: (v if isinstance(v, int) or math.isfinite(v) else None) for k, v in r.items()} for r in rows]
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -98,7 +134,7 @@ class RunCheckpoints(keras.callbacks.Callback):
             save_model(self.model, self.dir / "best.keras")
         save_model(self.model, self.dir / "last.keras")
         write_csv(self.out / "history.csv", self.rows)
-        state = {"epochs_done": epoch + 1, "stopped": bool(self.model.stop_training),
+        state = {"epochs_done": epoch + 1, "stopped": bool(self.model.stop_training), "history": json_rows(self.rows),
                  "early_stopping": {k: _plain(getattr(self.early, k)) for k in _EARLY},
                  "plateau": {k: _plain(getattr(self.plateau, k)) for k in _PLATEAU}}
         atomic.write_text(self.dir / "state.json", json.dumps(state))

@@ -25,7 +25,7 @@ from captioning.errors import CaptioningError, UsageError
 from captioning.features import FeatureStore
 from captioning.lock import WriterLock
 from captioning.run import CROSS_ENTROPY_FILE, Run, load_model, save_model
-from captioning.training.checkpoints import RunCheckpoints, history_rows, read_state
+from captioning.training.checkpoints import RunCheckpoints, read_state, recorded_rows, write_csv
 from captioning.training.curves import plot_history
 from captioning.distribute import CHOICES as DISTRIBUTE, Placement, feed, place, prepare, release
 from captioning.training import matching
@@ -37,13 +37,16 @@ keras = import_keras()
 MONITORS = ("val_loss", "val_bleu4")
 
 
+DEFAULT_EPOCHS = 20
+
+
 @dataclasses.dataclass
 class FitOptions:
     # Defaults tuned on Flickr8k dev with real ImageNet features (README, "Results on Flickr8k"):
     # init-inject beat merge by 0.02 BLEU-4; 512-wide layers, 16 images per batch and words seen
     # at least 5 times beat the tutorials' 256 / 64 / 1.
     decoder: str = "init-inject"
-    epochs: int = 20
+    epochs: int | None = None  # None: DEFAULT_EPOCHS for a new run; when resuming, the run's own
     batch_size: int = 16  # images per batch on each replica (device); one step takes batch_size × replicas
     embed_dim: int = 512
     units: int = 512
@@ -67,7 +70,7 @@ class FitOptions:
     cleaning: dict = dataclasses.field(default_factory=dict)
 
     def validate(self) -> "FitOptions":
-        checks = [(self.epochs >= 1, "--epochs", "at least 1"),
+        checks = [(self.epochs is None or self.epochs >= 1, "--epochs", "at least 1"),
                   (self.batch_size >= 1, "--batch-size", "at least 1"),
                   (self.learning_rate > 0 and math.isfinite(self.learning_rate), "--learning-rate", "> 0"),
                   (self.min_count >= 1, "--min-count", "at least 1"),
@@ -254,6 +257,10 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
         kept.setdefault("tie_embeddings", saved.decoder.tie_embeddings)  # runs from before the option: untied
         _refuse_changed_settings(out, options, kept)
         options = dataclasses.replace(options, **kept)
+        if options.epochs is None:  # a resumed run goes on to its own epochs unless told more
+            options = dataclasses.replace(options, epochs=saved.training.get("epochs"))
+    if options.epochs is None:
+        options = dataclasses.replace(options, epochs=DEFAULT_EPOCHS)
     options.validate()
     dataset = load_captions(captions, format=format)
     store = FeatureStore.open(features)
@@ -366,8 +373,8 @@ def train(p: FitPlan, verbose="auto"):
     early = keras.callbacks.EarlyStopping(monitor=o.monitor, mode=mode, patience=o.patience)
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, o.patience // 2),
                                                 min_lr=1e-5)
-    checkpoints = RunCheckpoints(p.out, seqs, o.seed, early, plateau, state,
-                                 history_rows(p.out / "history.csv", initial_epoch), monitor=o.monitor)
+    rows = recorded_rows(state, "history", p.out / "history.csv", range(initial_epoch))
+    checkpoints = RunCheckpoints(p.out, seqs, o.seed, early, plateau, state, rows, monitor=o.monitor)
     score = []
     if o.monitor == "val_bleu4":
         from captioning.training.caption_score import CaptionScore
@@ -390,8 +397,13 @@ def export(p: FitPlan, verbose="auto") -> FitResult:
     if not (p.checkpoints / "best.keras").is_file():
         raise CaptioningError(f"no epoch of {p.out} reached a finite {p.options.monitor} (training diverged); "
                               "start again with a lower --learning-rate.")
-    from captioning.training.self_critical import kept_checkpoint
-    tuning = history_rows(p.out / "self_critical.csv")
+    from captioning.training.self_critical import kept_checkpoint, tuning_rows
+    state = read_state(p.checkpoints)
+    rows = recorded_rows(state, "history", p.out / "history.csv", range(state["epochs_done"]))
+    tuning = tuning_rows(state, p.out)
+    for name, table in (("history.csv", rows), ("self_critical.csv", tuning)):
+        if table:  # the reports, as the state records them (whatever became of the files)
+            write_csv(p.out / name, table)
     tuned = kept_checkpoint(p.checkpoints, tuning)
     if tuned:  # beam search with the model before self-critical tuning proposes more candidates to re-rank
         save_model(_next_word(p, p.checkpoints / "best.keras"), p.out / CROSS_ENTROPY_FILE)
@@ -400,7 +412,6 @@ def export(p: FitPlan, verbose="auto") -> FitResult:
     save_model(_next_word(p, tuned or p.checkpoints / "best.keras"), p.out / "model.keras")
     _write_neighbours(p)
     matching.write(p, verbose)
-    rows = history_rows(p.out / "history.csv")
     plot_history(rows, p.out / "training_curves.png", title=f"Training curves — {p.out.name}")
     best = min(r["val_loss"] for r in rows)  # reported as loss whatever the monitor
     unigram = unigram_loss(p.train, p.dev, len(p.run.vocab))

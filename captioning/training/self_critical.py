@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from captioning.console import count, import_keras, progress
 from captioning.decoders.steps import WithoutTokens
 from captioning.evaluation.cider import CiderD
 from captioning.inference.search import Greedy, RandomSampler
-from captioning.training.checkpoints import history_rows, read_state, write_csv
+from captioning.training.checkpoints import json_rows, read_state, recorded_rows, write_csv
 from captioning.training.sequences import pad
 
 keras = import_keras()
@@ -115,7 +116,7 @@ def fine_tune(p, verbose="auto") -> list:
     o, ckpt = p.options, p.checkpoints
     state = read_state(ckpt)
     done = int(state.get("self_critical_done", 0))
-    rows = history_rows(p.out / "self_critical.csv")[:done + 1]  # row 0: before the first epoch
+    rows = tuning_rows(state, p.out)
     if done >= o.self_critical_epochs:
         return rows
     sc = SelfCritical(p.run.decoder, p.run.vocab, p.store, p.train, o.self_critical_learning_rate, seed=o.seed)
@@ -141,7 +142,7 @@ def fine_tune(p, verbose="auto") -> list:
                      "seconds": time.perf_counter() - start})
         save_model(sc.policy, checkpoint(ckpt, epoch + 1))
         write_csv(p.out / "self_critical.csv", rows)
-        state = {**read_state(ckpt), "self_critical_done": epoch + 1}
+        state = {**read_state(ckpt), "self_critical_done": epoch + 1, "self_critical": json_rows(rows)}
         atomic.write_text(ckpt / "state.json", json.dumps(state))
         for older in range(1, epoch + 1):
             if older != best_epoch(rows):
@@ -151,6 +152,12 @@ def fine_tune(p, verbose="auto") -> list:
             print(f"self-critical epoch {epoch + 1}/{o.self_critical_epochs}: mean train reward {r['reward']:.3f}, "
                   f"dev CIDEr-D {r['dev_cider']:.3f} (greedy), {r['seconds']:.0f} s", flush=True)
     return rows
+
+
+def tuning_rows(state: dict, out) -> list:
+    """The complete self-critical epochs' rows (row 0: dev CIDEr-D before the first), as recorded."""
+    done = int(state.get("self_critical_done", 0))
+    return recorded_rows(state, "self_critical", Path(out) / "self_critical.csv", range(done + 1) if done else range(0))
 
 
 def checkpoint(folder, epochs_done: int):
@@ -169,7 +176,7 @@ def best_epoch(rows: list) -> int:
 
 def kept_checkpoint(folder, rows: list):
     """The self-critical checkpoint ``fit`` exports: that of the best epoch on dev among the complete
-    ones (``rows``: ``self_critical.csv``'s), or None when the cross-entropy model before them was
+    ones (``rows``: ``tuning_rows``), or None when the cross-entropy model before them was
     better — as early stopping keeps the best cross-entropy epoch, a self-critical epoch that
     lowers dev CIDEr-D (it can, on a small train set) is not kept."""
     done = int(read_state(folder).get("self_critical_done", 0)) if (folder / "state.json").is_file() else 0
