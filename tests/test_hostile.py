@@ -789,6 +789,17 @@ def test_damaged_history_tables_are_rewritten_from_the_state_on_resume(base, cap
     assert state["early_stopping"]["best"] == history["val_loss"].min()
 
 
+def test_resume_with_fewer_epochs_than_done_trains_none_and_says_so(base, capsys, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    history = (run / "history.csv").read_text()
+    code, out, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out", run,
+                         "--resume", "--epochs", "1")
+    assert code == 0 and "--epochs 1 is fewer than the 2 epochs" in out + err
+    assert (run / "history.csv").read_text() == history
+    assert json.loads((run / "config.json").read_text())["training"]["epochs"] == 2
+
+
 @pytest.mark.parametrize("table,says", [("epoch,val_loss\n1,2.5\n", "lacks epoch 0 of the 2"),
                                         ("epoch,val_loss\n0,abc\n", "history.csv, line 2: not a table")])
 def test_a_run_from_before_recorded_rows_names_a_damaged_history_table(base, capsys, tmp_path, table, says):

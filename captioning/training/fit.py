@@ -259,6 +259,12 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
         options = dataclasses.replace(options, **kept)
         if options.epochs is None:  # a resumed run goes on to its own epochs unless told more
             options = dataclasses.replace(options, epochs=saved.training.get("epochs"))
+        state = out / "checkpoints" / "state.json"
+        done = read_state(state.parent)["epochs_done"] if state.is_file() else 0
+        if options.epochs is not None and options.epochs < done:  # config.json keeps saying what was trained
+            notes.append(f"--epochs {options.epochs} is fewer than the {done} epochs {out} has done: no epoch "
+                         "was trained and none was undone.")
+            options = dataclasses.replace(options, epochs=done)
     if options.epochs is None:
         options = dataclasses.replace(options, epochs=DEFAULT_EPOCHS)
     options.validate()
