@@ -749,6 +749,27 @@ def test_resume_refuses_edited_captions_and_accepts_the_same_ones_rewritten(base
     assert digest(run) == before
 
 
+def test_resume_on_a_store_that_now_holds_more_images_is_refused_naming_both_counts(base, capsys, tmp_path):
+    part = tmp_path / "part"
+    part.mkdir()
+    for i, image in enumerate(sorted((base["data"] / "Images").iterdir())):
+        if i % 3:
+            (part / image.name).symlink_to(image)
+    store = extract_features(part, backbone="efficientnet_b0", weights="none", out=tmp_path / "f.h5",
+                             show_progress=False).store.path
+    run = tmp_path / "run"
+    fit(base["data"], store, run, FitOptions(epochs=1, batch_size=8, units=8, embed_dim=8, self_critical_epochs=0),
+        verbose=0)
+    extract_features(base["data"] / "Images", backbone="efficientnet_b0", weights="none", out=store,
+                     show_progress=False)  # the rest of the images join the store
+    before = digest(run)
+    code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", store, "--out", run, "--resume",
+                       "--epochs", "2")
+    trained = json.loads((run / "config.json").read_text())["data"]["train_images"]
+    assert code == 1 and f"{trained} images then" in err and "store holds other" in err
+    assert digest(run) == before
+
+
 def test_resume_from_a_damaged_checkpoint_says_to_start_again(base, capsys, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(base["run"], run)

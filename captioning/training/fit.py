@@ -287,7 +287,7 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
 
     captions_sha256 = {"train": _fingerprint(train), "dev": _fingerprint(dev)}
     if saved is not None:
-        _refuse_changed_captions(out, captions, saved.data.get("captions_sha256"), captions_sha256, train, dev)
+        _refuse_changed_captions(out, captions, saved.data, captions_sha256, train, dev)
         vocab, max_length = saved.vocab, saved.decoder.max_length
     else:
         train_tokens = [tokenize(c, cleaning) for c in train["caption"]]
@@ -325,14 +325,19 @@ def _fingerprint(table) -> str:
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
-def _refuse_changed_captions(out, captions, saved: dict | None, now: dict, train, dev) -> None:
-    """Resuming on edited captions would train the saved vocabulary on words it does not hold (as <unk>)."""
+def _refuse_changed_captions(out, captions, data: dict, now: dict, train, dev) -> None:
+    """Resuming on edited captions would train the saved vocabulary on words it does not hold (as <unk>);
+    a store that now holds other images changes the captions trained on just as much."""
+    saved = data.get("captions_sha256")
     changed = [split for split in ("train", "dev") if saved and saved.get(split) not in (None, now[split])]
     if changed:
-        sizes = ", ".join(f"{len(t)} {s} captions now" for s, t in (("train", train), ("dev", dev)) if s in changed)
+        sizes = "; ".join(f"{s}: {t['image'].nunique()} images, {len(t)} captions now"
+                          + (f", {data[s + '_images']} images then" if data.get(s + "_images") else "")
+                          for s, t in (("train", train), ("dev", dev)) if s in changed)
         raise CaptioningError(f"--captions {captions}: the {' and '.join(changed)} captions differ from those run "
-                              f"{out} was trained on ({sizes}). Resume with the captions the run began with, or "
-                              "train a new run on these into another folder. Nothing was changed.")
+                              f"{out} was trained on ({sizes}): the captions were edited, or the feature store "
+                              "holds other images than it did. Resume with the captions and store the run began "
+                              "with, or train a new run on these into another folder. Nothing was changed.")
 
 
 def _references(table, cleaning) -> dict:
