@@ -1,6 +1,7 @@
 """Ensembles: several runs caption together by averaging their next-word probabilities."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -24,7 +25,8 @@ def runs(learnable, tmp_path_factory):
     small = dict(epochs=4, batch_size=16, units=64, embed_dim=32, dropout=0.3, self_critical_epochs=0)
     fit(learnable["data"], learnable["features"], root / "init", FitOptions(decoder="init-inject", min_count=1,
                                                                              **small), verbose=0)
-    fit(learnable["data"], learnable["features"], root / "other", FitOptions(decoder="merge", min_count=40, **small),
+    # min count 60 drops the sample's rarest words (each seen 51 or 55 times): another vocabulary
+    fit(learnable["data"], learnable["features"], root / "other", FitOptions(decoder="merge", min_count=60, **small),
         verbose=0)
     return {"merge": learnable["run"], "init": root / "init", "other": root / "other"}
 
@@ -80,3 +82,16 @@ def test_runs_with_different_vocabularies_are_refused(runs, tmp_path, capsys):
     code = main(["caption", "x.jpg", "--run", str(runs["merge"]), "--run", str(runs["other"])])
     err = capsys.readouterr().err
     assert code == 1 and "other and" in err and "same --min-count" in err and "Traceback" not in err
+
+
+def test_vocabularies_are_compared_by_words_not_counts(runs, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(runs["init"], copy)
+    vocab = json.loads((copy / "vocab.json").read_text())
+    vocab["counts"] = {word: count + 1 for word, count in (vocab.get("counts") or {}).items()}
+    (copy / "vocab.json").write_text(json.dumps(vocab))
+    Captioner.load([runs["init"], copy])  # the same words with the same ids: an ensemble
+    vocab["tokens"][-2:] = vocab["tokens"][-1:-3:-1]  # two words swap their ids
+    (copy / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(CaptioningError, match=r"both \d+ words, but not the same words"):
+        Captioner.load([runs["init"], copy])

@@ -491,7 +491,11 @@ def test_output_paths_that_are_the_wrong_kind(base, capsys, tmp_path):
     (["evaluate", "--run", "RUN", "--captions", "DATA", "--features", "STORE", "--images", "no/such/dir"],
      "--images no/such/dir"),
     (["extract-features", "OTHER", "--backbone", "efficientnet_b0", "--weights", "none", "--captions", "DATA",
-      "--out", "NEW"], "give the images folder these captions belong to")])
+      "--out", "NEW"], "give the images folder these captions belong to"),
+    (["extract-features", "DATA", "--backbone", "efficientnet_b0", "--weights", "OTHER", "--out", "NEW"],
+     "a folder, not a file"),
+    (["extract-features", "DATA", "--backbone", "efficientnet_b0", "--weights", "no/such.h5", "--out", "NEW"],
+     "--weights no/such.h5: no such file")])
 def test_missing_inputs_are_named(base, capsys, tmp_path, args, says):
     (tmp_path / "other").mkdir()
     subs = {"RUN": str(base["run"]), "DATA": str(base["data"]), "NEW": str(tmp_path / "new"),

@@ -75,7 +75,8 @@ def describe_weights(weights, seed: int = 0) -> dict:
         return {"weights": "imagenet"}
     path = Path(weights)
     if not path.is_file():
-        raise CaptioningError(f"--weights {weights}: no such file. Use imagenet, none, or the path of a "
+        what = "a folder, not a file" if path.is_dir() else "no such file"
+        raise CaptioningError(f"--weights {weights}: {what}. Use imagenet, none, or the path of a "
                               "Keras weights file (.h5 or .weights.h5) for this backbone.")
     sha = file_sha256(path)
     return {"weights": f"file:{path.name} sha256:{sha[:16]}", "weights_path": str(path.resolve()),

@@ -90,10 +90,11 @@ class Captioner:
                                       "continue it with `captioning fit ... --resume`.")
         first = runs[0]
         for d, r in zip(dirs[1:], runs[1:]):
-            if r.vocab.to_dict() != first.vocab.to_dict():
-                raise CaptioningError(f"{d} and {dirs[0]} have different vocabularies ({len(r.vocab)} and "
-                                      f"{len(first.vocab)} words): an ensemble needs runs trained on the same "
-                                      "captions with the same --min-count and cleaning.")
+            if r.vocab != first.vocab:  # the same words with the same ids; their counts do not matter
+                sizes = (f"{len(r.vocab)} and {len(first.vocab)} words" if len(r.vocab) != len(first.vocab) else
+                         f"both {len(r.vocab)} words, but not the same words or cleaning")
+                raise CaptioningError(f"{d} and {dirs[0]} have different vocabularies ({sizes}): an ensemble needs "
+                                      "runs trained on the same captions with the same --min-count and cleaning.")
             diff = first.features.differences(r.features, (dirs[0].name, d.name))
             if diff:
                 raise CaptioningError(f"{d} and {dirs[0]} were trained on different features ({'; '.join(diff)}): "
