@@ -105,7 +105,7 @@ def _strategy(a, captioner):
         return Greedy()
     search = BeamSearch(a.beam, a.length_penalty)
     if a.rerank and not getattr(a, "attention_figure", None):  # the maps belong to beam search's own choice
-        return captioner.reranked(search, a.rerank, a.matching, a.candidates)
+        return captioner.reranked(search, a.rerank, a.matching, a.candidates, a.likelihood)
     return search
 
 
@@ -254,6 +254,9 @@ def _add_strategy_options(p):
                    help="re-ranking: add W × how well each caption fits the photo (the run's image–caption "
                         "matcher, matcher.keras) to the neighbours' consensus, and let the 100 train captions the "
                         "matcher puts closest to the photo vote at half the neighbours' weight; 0: consensus alone")
+    p.add_argument("--likelihood", type=_ranged(float, 0), default=0.02, metavar="NU", action=_Given,
+                   help="re-ranking: add NU × each caption's log-probability from beam search, so that of captions "
+                        "the neighbours and the matcher rate alike the more fluent one wins; 0: leave it out")
     p.add_argument("--candidates", choices=("both", "model"), default="both", action=_Given,
                    help="re-ranking chooses among the captions beam search finds with model.keras and with the "
                         "run's model before self-critical tuning (cross_entropy.keras): both; or model.keras's "
@@ -275,7 +278,7 @@ def _refuse_options_without_effect(a) -> None:
     unused += [o for o in ("--length-penalty",) if o in given and not beam]
     if "--rerank" in given and a.rerank and not beam:
         unused.append("--rerank")
-    reranking = {"--matching": a.matching, "--candidates": True}  # what only re-ranking reads (--matching 0: off)
+    reranking = {"--matching": a.matching, "--likelihood": a.likelihood, "--candidates": True}  # what only re-ranking reads (--matching 0: off)
     unused += [o for o, on in reranking.items() if o in given and on and not beam]
     if unused:
         needs = "--sample" if unused[0] in ("--temperature", "--top-k", "--seed") else "--beam K (K ≥ 2)"

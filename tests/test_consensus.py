@@ -55,7 +55,26 @@ def test_the_caption_the_neighbours_agree_with_wins(tmp_path):
     hyps = rerank(None, features[[0, 20]], vocab.start_id, vocab.end_id, 10)
     assert [vocab.decode(t) for t in hyps.tokens] == [["a", "red", "ball", "on", "grass"], ["a", "dog", "runs", "on", "grass"]]
     assert hyps.log_probs == [-2.0, -1.0]
-    assert rerank.describe() == {"strategy": "beam", "k": 3, "rerank": "consensus", "neighbours": 5}
+    assert rerank.describe() == {"strategy": "beam", "k": 3, "rerank": "consensus", "neighbours": 5, "likelihood": 0.02}
+
+
+def test_of_captions_the_neighbours_rate_alike_the_likelier_wins(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(20, 6)).astype(np.float32)
+    refs = [[["a", "dog", "runs", "on", "grass"], ["a", "red", "ball", "on", "grass"]]] * 20  # the neighbours split
+    path = consensus.write(tmp_path / consensus.FILE, features, refs, dimensions=4)
+    vocab = Vocabulary(["a", "red", "ball", "dog", "runs", "on", "grass"])
+    enc = lambda text: vocab.encode(text.split(), markers=False) + [vocab.end_id]  # noqa: E731
+    # beam search's own choice (by length-normalised score) is the less likely caption of the two
+    beam = _Beam([[(enc("a red ball on grass"), -4.0, -0.1), (enc("a dog runs on grass"), -1.0, -0.2)]])
+    c = consensus.Consensus.load(path)
+    weighed = consensus.ConsensusRerank(beam, c, vocab, neighbours=20)
+    unweighed = consensus.ConsensusRerank(beam, c, vocab, neighbours=20, likelihood=0.0)
+    assert vocab.decode(weighed(None, features[:1], 2, 3, 10).tokens[0]) == "a dog runs on grass".split()
+    assert vocab.decode(unweighed(None, features[:1], 2, 3, 10).tokens[0]) == "a red ball on grass".split()
+    parts = weighed.scores(features[:1], [[enc("a red ball on grass"), enc("a dog runs on grass")]], [[-4.0, -1.0]])[0]
+    np.testing.assert_allclose(parts.total, parts.consensus + 0.02 * np.array([-4.0, -1.0]))
+    assert "likelihood" not in unweighed.describe()
 
 
 class _BeamOf(_Beam):

@@ -93,7 +93,8 @@ def test_a_range_open_at_the_top_is_said_plainly(capsys, tmp_path):
 
 CAPTION_BAD = [("--beam", "-1"), ("--max-length", "1"), ("--temperature", "0"), ("--temperature", "-2"),
                ("--top-k", "-1"), ("--length-penalty", "-1"), ("--length-penalty", "inf"), ("--temperature", "inf"),
-               ("--matching", "-1"), ("--matching", "inf"), ("--matching", "nan")]
+               ("--matching", "-1"), ("--matching", "inf"), ("--matching", "nan"),
+               ("--likelihood", "-0.1"), ("--likelihood", "inf")]
 
 
 @pytest.mark.parametrize("option,value", CAPTION_BAD)

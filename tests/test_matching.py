@@ -46,6 +46,7 @@ def test_fit_writes_a_matcher_and_beam_search_consults_it(learnable, evaluate_de
     with_match, alone = evaluate_dev(learnable["run"], "m"), evaluate_dev(learnable["run"], "c", "--matching", "0")
     assert with_match["settings"]["matching"] == 1.0 and "matching" not in alone["settings"]
     assert with_match["settings"]["retrieved"] == 100 and "retrieved" not in alone["settings"]
+    assert with_match["settings"]["likelihood"] == alone["settings"]["likelihood"] == 0.02
     assert with_match["metrics"]["BLEU-4"] > with_match["constant_caption_baseline"]["BLEU-4"]
 
 
@@ -75,6 +76,8 @@ def test_a_damaged_matcher_is_a_clear_error(learnable, tmp_path, capsys):
 @pytest.mark.parametrize("args, says", [(["--matching", "2"], "--beam"),
                                         (["--beam", "3", "--rerank", "0", "--matching", "2"], "--rerank"),
                                         (["--candidates", "both"], "--beam"),
+                                        (["--likelihood", "0.1"], "--beam"),
+                                        (["--beam", "3", "--rerank", "0", "--likelihood", "0.1"], "--rerank"),
                                         (["--beam", "3", "--rerank", "0", "--candidates", "model"], "--rerank")])
 def test_reranking_options_without_reranking_are_refused(learnable, args, says, capsys):
     image = str(learnable["data"] / "Images" / "sample_00000.jpg")

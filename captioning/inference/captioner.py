@@ -103,12 +103,14 @@ class Captioner:
         return cls(models, first, dirs[0] if len(dirs) == 1 else dirs, weights, [r.decoder for r in runs])
 
     # --- decoding --------------------------------------------------------------------------------
-    def reranked(self, search, neighbours: int = 40, matching: float = 1.0, candidates: str = "both"):
+    def reranked(self, search, neighbours: int = 40, matching: float = 1.0, candidates: str = "both",
+                 likelihood: float = 0.02):
         """``search`` (beam search) followed by consensus re-ranking over the run's ``neighbours.h5``
         (``captioning.inference.consensus``), plus ``matching`` × the image–caption match of its
         ``matcher.keras`` (``captioning.inference.matching``); with ``candidates="both"`` the captions
         that beam search finds with the run's model before self-critical tuning (``cross_entropy.keras``)
-        join the candidates. What the run lacks is left out, with a note."""
+        join the candidates; ``likelihood`` × each candidate's log-probability from beam search is added
+        to its score. What the run lacks is left out, with a note."""
         from captioning.inference import consensus
         from captioning.inference import matching as match
         home = Path(self.run_dir[0] if isinstance(self.run_dir, (list, tuple)) else self.run_dir or ".")
@@ -126,7 +128,8 @@ class Captioner:
                                   "consensus alone; `captioning fit ... --resume` on the run adds it.")
         proposers = self._cross_entropy_steps(home) if candidates == "both" else []
         return consensus.ConsensusRerank(search, self._consensus, self.vocab, neighbours,
-                                         self._matcher if matching else None, matching, proposers)
+                                         self._matcher if matching else None, matching, proposers,
+                                         likelihood=likelihood)
 
     def _cross_entropy_steps(self, home: Path) -> list:
         """The step model of ``cross_entropy.keras``, as a list of proposers (empty for an ensemble, whose
