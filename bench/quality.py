@@ -1,7 +1,7 @@
 """Benchmark: caption quality on real Flickr8k features, per decoder, with the default settings (not a test).
 
     python bench/quality.py [--decoders merge,init-inject,pre-inject,inject] [--out work/quality]
-                            [--beam 5] [--rerank 40] [--matching 1] [--ensemble init-inject,merge]
+                            [--beam 16] [--rerank 40] [--matching 1] [--ensemble init-inject,merge]
                             [--set epochs=30 --set units=512 ...]
 
 Trains each decoder with ``captioning fit``'s defaults on the real MobileNetV2 feature store in
@@ -10,11 +10,11 @@ Trains each decoder with ``captioning fit``'s defaults on the real MobileNetV2 f
 beam search re-ranked by the neighbours' consensus alone (``--matching 0 --candidates model``),
 re-ranked by the consensus plus the image–caption matcher (``--candidates model``), and that among
 the captions of both the run's model and its model before self-critical tuning (what ``captioning
-evaluate --beam 5`` does by default).
+evaluate --beam 16`` does by default).
 The Flickr8k test split is withheld on these machines, so every number here is a dev score. A run
 folder that already holds ``model.keras`` is evaluated again, not retrained (one from before
-version 0.5 first gets its ``matcher.keras`` and ``cross_entropy.keras`` through ``fit --resume``). About 10 minutes per
-decoder on 2 CPU cores (inject, with two LSTMs, about 20).
+version 0.5 first gets its ``matcher.keras`` and ``cross_entropy.keras`` through ``fit --resume``). About 15 minutes per
+decoder on 2 CPU cores, 4 of them decoding at beam 16 (inject, with two LSTMs, about 25).
 """
 
 import argparse
@@ -59,7 +59,7 @@ def main():
     p.add_argument("--captions", default=str(SHARED))
     p.add_argument("--features", default=str(SHARED / "features" / "flickr8k_mobilenet_v2_trainval.h5"))
     p.add_argument("--out", default="work/quality")
-    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--beam", type=int, default=16)
     p.add_argument("--length-penalty", type=float, default=None, help="default: BeamSearch's")
     p.add_argument("--rerank", type=int, default=40, help="consensus re-ranking's neighbours (the CLI's default)")
     p.add_argument("--matching", type=float, default=1.0, help="the matcher's weight in re-ranking (the CLI's default)")
@@ -108,7 +108,8 @@ def main():
         how = "greedy" if strategy["strategy"] == "greedy" else f"beam {strategy['k']} (α {strategy['alpha']})"
         if "rerank" in strategy:
             how += f" + re-ranking ({strategy['neighbours']} neighbours" + (
-                f", matching {strategy['matching']:g})" if "matching" in strategy else ")")
+                f", matching {strategy['matching']:g}" if "matching" in strategy else "") + (
+                f", likelihood {strategy['likelihood']:g})" if "likelihood" in strategy else ")")
             how += ", both models' captions" if strategy.get("candidates") == "both" else ""
         cells = " | ".join("n/a" if m.get(k) is None else f"{m[k]:.3f}" for k in METRICS)
         print(f"| {decoder} | {how} | {cells} | {'' if seconds is None else f'{seconds:.0f}'} |")

@@ -9,7 +9,7 @@ Importing the package registers every custom Keras layer, so
 ``import captioning; keras.saving.load_model("run/model.keras", safe_mode=True)`` works.
 """
 
-__version__ = "0.7.1"
+__version__ = "0.8.0"
 
 from captioning.errors import CaptioningError
 from captioning import decoders  # noqa: E402  (registers the custom layers with Keras)

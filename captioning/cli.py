@@ -244,7 +244,7 @@ class _Given(argparse.Action):
 
 def _add_strategy_options(p):
     p.add_argument("--beam", type=_ranged(int, 0), default=0, metavar="K", action=_Given,
-                   help="beam width; 0 or 1: greedy")
+                   help="beam width; 0 or 1: greedy; 16, re-ranked, is the recommended decoding")
     p.add_argument("--length-penalty", type=_ranged(float, 0), default=0.7, metavar="ALPHA", action=_Given,
                    help="beam: rank finished captions by log p / length**ALPHA")
     p.add_argument("--rerank", type=_ranged(int, 0), default=40, metavar="N", action=_Given,
