@@ -123,7 +123,7 @@ class CandidateScores:
     retrieved: np.ndarray  # mean CIDEr-D against the train captions the matcher puts closest (0 without it)
     match: np.ndarray  # the matcher's cosine (0 without it)
     total: np.ndarray
-    log_prob: np.ndarray | None = None  # what beam search gave each (0 where not given)
+    log_prob: np.ndarray  # what beam search gave each (0 where the caller gave none)
 
 
 @dataclasses.dataclass
