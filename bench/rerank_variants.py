@@ -143,7 +143,7 @@ def main():
 
         def swapped(weight):
             near = np.argsort(-(pca + weight * posteriors), axis=1)[:, :strategy.neighbours]
-            return [s.total - s.consensus + con.scores(w, n) for s, w, n in zip(parts, words, near)]
+            return [s.total - s.consensus + a[:, 0] for s, a in zip(parts, con.scores(words, near))]
 
         variants = {"0.7's score (consensus + ½ retrieved + matcher)": shipped}
         variants |= {f"length λ {x}": [t + x * n for t, n in zip(shipped, lengths)] for x in (0.005, 0.01, 0.02)}

@@ -55,9 +55,9 @@ class WithNeighbours:
         self.own, self.consensus, self.vocab, self.weight = own, consensus, vocab, weight
 
     def scores(self, images, hypotheses) -> np.ndarray:
-        extra = [self.consensus.scores([self.vocab.decode(list(h))], self.near[self.row[i]])[0]
-                 for i, h in zip(images, hypotheses)]
-        return self.own.scores(images, hypotheses) + self.weight * np.array(extra)
+        agree = self.consensus.scores([[self.vocab.decode(list(h))] for h in hypotheses],
+                                      [self.near[self.row[i]] for i in images])
+        return self.own.scores(images, hypotheses) + self.weight * np.array([a[0, 0] for a in agree])
 
 
 class WithMatcher:

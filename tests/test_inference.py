@@ -172,7 +172,7 @@ def test_cli_evaluate_and_vocab_cleaning_recorded(learnable, tmp_path, capsys):
 
 def test_coco_metrics_match_identity_and_order():
     pytest.importorskip("pycocoevalcap")
-    from captioning.evaluation.coco import coco_metrics
+    from captioning.metrics.coco import coco_metrics
     refs = {1: ["a red circle on the left", "a circle on the left"], 2: ["a blue square on the right"]}
     perfect = coco_metrics(refs, {1: "a red circle on the left", 2: "a blue square on the right"})
     poor = coco_metrics(refs, {1: "a blue square", 2: "a red circle on the left"})

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from captioning.evaluation.cider import CiderD
+from captioning.metrics.cider import CiderD
 from captioning.run import CROSS_ENTROPY_FILE, load_model
 from captioning.training import FitOptions, fit
 from captioning.training import self_critical as sc_module

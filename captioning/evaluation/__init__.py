@@ -1,6 +1,6 @@
 """Evaluation: BLEU-1..4, the COCO caption metrics, figures."""
 
-from captioning.evaluation.bleu import bleu_scores
+from captioning.metrics.bleu import bleu_scores
 from captioning.evaluation.evaluate import EvalResult, evaluate
 from captioning.evaluation.figures import caption_grid
 

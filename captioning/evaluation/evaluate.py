@@ -13,7 +13,7 @@ import numpy as np
 from captioning import atomic
 from captioning.data import load_captions, tokenize
 from captioning.errors import CaptioningError
-from captioning.evaluation.bleu import bleu_scores
+from captioning.metrics.bleu import bleu_scores
 from captioning.evaluation.figures import caption_grid
 from captioning.features import FeatureStore
 from captioning.inference.captioner import Captioner, empty_captions_note
@@ -85,7 +85,7 @@ def evaluate(run_dir, captions, features, split: str = "test", strategy=None, fo
     hyps = [g.words for g in generated]
     metrics = bleu_scores(refs, hyps)
     if coco:
-        from captioning.evaluation.coco import coco_metrics
+        from captioning.metrics.coco import coco_metrics
         metrics = coco_metrics({i: [" ".join(r) for r in rs] for i, rs in zip(images, refs)},
                                {i: " ".join(h) for i, h in zip(images, hyps)})
     train_caps = [" ".join(tokenize(c, vocab.cleaning)) for c in dataset.split("train")["caption"]]

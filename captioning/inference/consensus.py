@@ -15,7 +15,6 @@ its feature store.
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
 from pathlib import Path
 
 import h5py
@@ -23,7 +22,7 @@ import numpy as np
 
 from captioning import atomic
 from captioning.errors import CaptioningError
-from captioning.evaluation.cider import CiderD
+from captioning.metrics.cider import ReferenceIndex
 from captioning.inference.search import Hypotheses
 
 FILE = "neighbours.h5"
@@ -67,9 +66,8 @@ class Consensus:
     def __init__(self, mean, std, projection, features, references: list):
         self.mean, self.std, self.projection = mean, std, projection
         self.features = np.asarray(features, np.float32)
-        self.cider = CiderD(dict(enumerate(references)))
-        self.captions = [words for refs in references for words in refs]  # every train caption, image by image
-        self._caption_at = [(image, slot) for image, refs in enumerate(references) for slot in range(len(refs))]
+        self.index = ReferenceIndex(references)  # every train caption as tf-idf rows, image by image
+        self.captions = [words for refs in references for words in refs]  # in the index's row order
 
     @classmethod
     def load(cls, path) -> "Consensus":
@@ -96,19 +94,23 @@ class Consensus:
         top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
         return np.take_along_axis(top, np.argsort(-np.take_along_axis(sim, top, 1), axis=1), 1)
 
-    def scores(self, candidates: list, neighbours) -> np.ndarray:
-        """Mean CIDEr-D of each candidate (a word list) against the neighbours' references."""
-        return np.array([np.mean([self.cider.score(int(j), words) for j in neighbours]) for words in candidates])
-
-    def caption_scores(self, candidates: list, rows) -> np.ndarray:
-        """Mean CIDEr-D of each candidate against each of the train captions ``rows`` (numbers in
-        ``captions``) on its own."""
-        slots = defaultdict(list)
-        for row in rows:
-            image, slot = self._caption_at[int(row)]
-            slots[image].append(slot)
-        return np.array([sum(self.cider.similarities(image, words, s).sum() for image, s in slots.items()) / len(rows)
-                         for words in candidates])
+    def scores(self, candidates: list, neighbours, retrieved=None) -> list:
+        """Per photo, (its candidates, 2): column 0, each candidate's mean CIDEr-D against the
+        references of the photo's ``neighbours`` (the mean over those images of the mean over each
+        one's captions); column 1, its mean CIDEr-D against the train captions numbered
+        ``retrieved`` (rows of ``captions``; zeros when None). ``candidates``: per photo, word lists."""
+        first = self.index.first_row
+        rows, weights = [], []
+        for i, images in enumerate(neighbours):
+            own = [np.arange(first[j], first[j + 1]) for j in images]
+            per_image = [np.full(len(r), 1.0 / (len(r) * len(own))) for r in own]
+            extra = np.zeros(0, np.int64) if retrieved is None else np.asarray(retrieved[i], np.int64)
+            rows.append(np.concatenate(own + [extra]))
+            w = np.zeros((len(rows[-1]), 2))
+            w[:len(rows[-1]) - len(extra), 0] = np.concatenate(per_image)
+            w[len(rows[-1]) - len(extra):, 1] = 1.0 / max(len(extra), 1)
+            weights.append(w)
+        return self.index.scores(candidates, rows, weights)
 
 
 def _key(tokens) -> tuple:
@@ -173,22 +175,24 @@ class ConsensusRerank:
         near = self.consensus.neighbours(features, self.neighbours)
         words = [[self.vocab.decode(t) for t in cs] for cs in candidates]
         log_probs = [np.asarray(lp, np.float64) for lp in log_probs] if log_probs else [np.zeros(len(w)) for w in words]
-        agree = [self.consensus.scores(w, n) for w, n in zip(words, near)]
-        if not self._matches():
-            zeros = [np.zeros(len(w)) for w in words]
-            return [CandidateScores(a, z, z, a + self.likelihood * lp, lp) for a, z, lp in zip(agree, zeros, log_probs)]
-        match = [np.asarray(m, np.float64) for m in self.matcher.scores(features, candidates)]
-        retrieved = [np.zeros(len(w)) for w in words]
-        if self.retrieved:
-            if self._caption_vectors is None:  # every train caption once per strategy: ~3 s for Flickr8k
-                ids = [self.vocab.encode(c, markers=False) for c in self.consensus.captions]
-                self._caption_vectors = self.matcher.caption_vectors(ids)
-            similarity = self.matcher.image_vectors(features) @ self._caption_vectors.T
-            k = min(self.retrieved, similarity.shape[1])
-            rows = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-            retrieved = [self.consensus.caption_scores(w, r) for w, r in zip(words, rows)]
-        return [CandidateScores(a, r, m, a + self.RETRIEVED_WEIGHT * r + self.matching * m + self.likelihood * lp, lp)
-                for a, r, m, lp in zip(agree, retrieved, match, log_probs)]
+        rows = self._retrieved(features) if self._matches() and self.retrieved else None
+        agree = self.consensus.scores(words, near, rows)
+        if self._matches():
+            match = [np.asarray(m, np.float64) for m in self.matcher.scores(features, candidates)]
+        else:
+            match = [np.zeros(len(w)) for w in words]
+        return [CandidateScores(a[:, 0], a[:, 1], m,
+                                a[:, 0] + self.RETRIEVED_WEIGHT * a[:, 1] + self.matching * m + self.likelihood * lp, lp)
+                for a, m, lp in zip(agree, match, log_probs)]
+
+    def _retrieved(self, features) -> np.ndarray:
+        """(N, retrieved) rows of the train captions the matcher puts closest to each photo."""
+        if self._caption_vectors is None:  # every train caption once per strategy: ~3 s for Flickr8k
+            ids = [self.vocab.encode(c, markers=False) for c in self.consensus.captions]
+            self._caption_vectors = self.matcher.caption_vectors(ids)
+        similarity = self.matcher.image_vectors(features) @ self._caption_vectors.T
+        k = min(self.retrieved, similarity.shape[1])
+        return np.argpartition(-similarity, k - 1, axis=1)[:, :k]
 
     def __call__(self, steps, features, start_id, end_id, max_length) -> Hypotheses:
         hyps = self.search(steps, features, start_id, end_id, max_length)

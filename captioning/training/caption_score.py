@@ -12,7 +12,7 @@ import numpy as np
 from captioning import decoders
 from captioning.console import import_keras
 from captioning.decoders.steps import WithoutTokens
-from captioning.evaluation.bleu import bleu_scores
+from captioning.metrics.bleu import bleu_scores
 from captioning.inference.search import Greedy
 
 keras = import_keras()

@@ -23,7 +23,7 @@ import numpy as np
 from captioning import atomic, decoders
 from captioning.console import count, import_keras, progress
 from captioning.decoders.steps import WithoutTokens
-from captioning.evaluation.cider import CiderD
+from captioning.metrics.cider import CiderD
 from captioning.inference.search import Greedy, RandomSampler
 from captioning.training.checkpoints import json_rows, read_state, recorded_rows, write_csv
 from captioning.training.sequences import pad
