@@ -22,7 +22,7 @@ from captioning.data import load_captions, make_sample  # noqa: E402
 from captioning.evaluation import evaluate  # noqa: E402
 from captioning.evaluation.localisation import side_rate  # noqa: E402
 from captioning.features import FeatureStore, extract_features  # noqa: E402
-from captioning.inference import BeamSearch, Captioner, Greedy  # noqa: E402
+from captioning.inference import Captioner  # noqa: E402
 from captioning.training import FitOptions, fit  # noqa: E402
 
 
@@ -30,7 +30,7 @@ def side_rate_of(run, data, features, split):
     cap, store = Captioner.load(run), FeatureStore.open(features)
     images = load_captions(data).images(split)
     scenes = json.loads((Path(data) / "scenes.json").read_text())
-    return side_rate(images, cap.caption_features(store[images], Greedy()), scenes, cap.config["features"]["grid"])
+    return side_rate(images, cap.caption_features(store[images], "greedy"), scenes, cap.feature_spec.grid)
 
 
 def main():
@@ -50,8 +50,8 @@ def main():
     for decoder, features in (("merge", pooled), ("attention", grid)):
         run = tmp / decoder
         r = fit(data, features, run, FitOptions(decoder=decoder, attention_dim=64, **sizes), verbose=0)
-        g = evaluate(run, data, features, out=run / "eg").metrics["BLEU-4"]
-        b = evaluate(run, data, features, strategy=BeamSearch(3), out=run / "eb")
+        g = evaluate(run, data, features, decoding="greedy", out=run / "eg").metrics["BLEU-4"]
+        b = evaluate(run, data, features, decoding={"beam": 3, "rerank": 0}, out=run / "eb")
         rows.append((decoder, r.best_val_loss, g, b.metrics["BLEU-4"], b.baseline["BLEU-4"]))
     print(f"\nsample set ({a.images} images), {a.backbone} random init, {a.epochs} epochs, units 128, embed 64")
     print(f"{'decoder':<11}{'val loss':>9}{'BLEU-4 greedy':>15}{'BLEU-4 beam3':>14}{'constant':>10}")

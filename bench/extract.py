@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from captioning.console import import_keras  # noqa: E402
+from captioning.backend import import_keras  # noqa: E402
 from captioning.features import extract as extract_mod  # noqa: E402
 from captioning.errors import CaptioningError  # noqa: E402
 from captioning.features.backbones import build_model, get_backbone, mixed_precision_policy  # noqa: E402

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from captioning.console import import_keras  # noqa: E402
+from captioning.backend import import_keras  # noqa: E402
 from captioning.data import Vocabulary, load_captions, max_caption_length, tokenize  # noqa: E402
-from captioning.features.store import FeatureStoreWriter  # noqa: E402
+from captioning.features.writer import FeatureStoreWriter  # noqa: E402
 from captioning.decoders import DecoderConfig, caption_loss
 from captioning.decoders import build as build_decoder  # noqa: E402
 from captioning.training.sequences import CaptionSequence, EncodedCaptions, PairSequence  # noqa: E402

@@ -8,7 +8,7 @@ so the 1000-way softmax of each stored 1,280-number vector is exactly what the n
 have said about the photo. This writes a copy of the shared store with the square roots of those
 posteriors appended (2,280 numbers per image): explicit "what is in the picture" inputs in the
 spirit of Wu et al. 2016 and Yao et al. 2017, learned from 1.2 million ImageNet photos rather
-than from the 6,000 captioned ones. The result is in the README ("What was tuned").
+than from the 6,000 captioned ones. The result is in docs/experiments.md.
 """
 
 import argparse
@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from captioning.features import FeatureStore  # noqa: E402
-from captioning.features.store import FeatureStoreWriter  # noqa: E402
+from captioning.features.writer import FeatureStoreWriter  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from captioning.evaluation import evaluate  # noqa: E402
-from captioning.inference import BeamSearch, Captioner, Greedy  # noqa: E402
+from captioning.inference import Captioner, decoding  # noqa: E402
 from captioning.run import CROSS_ENTROPY_FILE, Run  # noqa: E402
 from captioning.training import FitOptions, fit  # noqa: E402
 
@@ -72,7 +72,8 @@ def main():
     a = p.parse_args()
     overrides = dict(kv.split("=", 1) for kv in a.set)
     overrides = {k: _value(v) for k, v in overrides.items()}
-    beam = BeamSearch(a.beam) if a.length_penalty is None else BeamSearch(a.beam, a.length_penalty)
+    recommended = decoding.get("recommended", beam=a.beam, rerank=a.rerank, matching=a.matching,
+                               **({} if a.length_penalty is None else {"length_penalty": a.length_penalty}))
     rows = []
     for decoder in a.decoders.split(","):
         run = Path(a.out) / decoder
@@ -85,22 +86,22 @@ def main():
         elif not (run / "matcher.keras").is_file() or "self_critical_kept_epoch" not in Run.load(run).results:
             fit(a.captions, a.features, run, options, resume=True, verbose=0)  # writes what 0.4 and 0.5 add
         captioner = Captioner.load(run)
-        strategies = [(Greedy(), "greedy"), (beam, "beam")]
+        recipes = [(decoding.get("greedy"), "greedy"), (decoding.get(recommended, rerank=0), "beam")]
         if a.ablations:
-            strategies.append((captioner.reranked(beam, a.rerank, 0.0, "model"), "consensus"))
+            recipes.append((decoding.get(recommended, matching=0.0, candidates="model"), "consensus"))
             if a.matching and (run / CROSS_ENTROPY_FILE).is_file():
-                strategies.append((captioner.reranked(beam, a.rerank, a.matching, "model"), "rerank-model"))
-        strategies.append((captioner.reranked(beam, a.rerank, a.matching), "rerank"))  # `evaluate --beam K`'s default
-        for strategy, name in strategies:
-            result = evaluate(run, a.captions, a.features, split="dev", strategy=strategy, coco=True,
+                recipes.append((decoding.get(recommended, candidates="model"), "rerank-model"))
+        recipes.append((recommended, "rerank"))  # `captioning evaluate`'s default
+        for recipe, name in recipes:
+            result = evaluate(run, a.captions, a.features, split="dev", decoding=recipe, coco=True,
                               captioner=captioner, out=run / f"eval-dev-{name}")
             print(result.summary(), flush=True)
-            rows.append((decoder, strategy.describe(), result.metrics, seconds))
+            rows.append((decoder, result.settings, result.metrics, seconds))
     for members in a.ensemble:
         runs = [Path(a.out) / m if (Path(a.out) / m).is_dir() else Path(m) for m in members.split(",")]
         captioner = Captioner.load(runs)
-        result = evaluate(runs, a.captions, a.features, split="dev", coco=True, captioner=captioner,
-                          strategy=captioner.reranked(beam, a.rerank, a.matching))
+        result = evaluate(runs, a.captions, a.features, split="dev", decoding=recommended, coco=True,
+                          captioner=captioner)
         print(result.summary(), flush=True)
         rows.append((f"ensemble of {' + '.join(r.name for r in runs)}", result.settings, result.metrics, None))
     print(f"\nFlickr8k **dev** split (1,000 images), features {Path(a.features).name}; "

@@ -44,7 +44,7 @@ def run_demo(out="demo", images: int = 300, backbone: str = "resnet50", epochs: 
     Returns the paths and scores it printed."""
     from captioning.data import load_captions
     from captioning.evaluation import evaluate
-    from captioning.inference import BeamSearch, Captioner
+    from captioning.inference import Captioner
     from captioning.inference.captioner import empty_captions_note
     from captioning.training import FitOptions, fit
 
@@ -65,17 +65,18 @@ def run_demo(out="demo", images: int = 300, backbone: str = "resnet50", epochs: 
                      resume=interrupted, verbose=1 if sys.stdout.isatty() else 2)
         print(fitted.summary())
 
-    _say("4/5 evaluating on the test split (greedy and beam search k=3)")
+    _say("4/5 evaluating on the test split (greedy, and the recommended decoding: beam 16 + re-ranking)")
     captioner = Captioner.load(run_dir)
-    greedy = evaluate(run_dir, data, extraction.store.path, captioner=captioner, out=run_dir / "eval-test-greedy")
-    beam = evaluate(run_dir, data, extraction.store.path, strategy=BeamSearch(3), captioner=captioner,
-                    out=run_dir / "eval-test-beam3")
+    greedy = evaluate(run_dir, data, extraction.store.path, "test", "greedy", captioner=captioner,
+                      out=run_dir / "eval-test-greedy")
+    best = evaluate(run_dir, data, extraction.store.path, "test", "recommended", captioner=captioner,
+                    out=run_dir / "eval-test")
     print(greedy.summary())
-    print(beam.summary())
+    print(best.summary())
 
-    _say("5/5 captioning three test images straight from their files")
+    _say("5/5 captioning three test images straight from their files (the recommended decoding)")
     test_images = load_captions(data).images("test")[:3]
-    captions = captioner.caption([data / "Images" / i for i in test_images], BeamSearch(3))
+    captions = captioner.caption([data / "Images" / i for i in test_images])
     for name, cap in zip(test_images, captions):
         print(f"{data / 'Images' / name}\t{cap.text}")
     if empty_captions_note(captions, run_dir):
@@ -84,9 +85,9 @@ def run_demo(out="demo", images: int = 300, backbone: str = "resnet50", epochs: 
     print(f"\nDone. Features: {extraction.store.path} ({weights_used}). Run folder: {run_dir} (model.keras, "
           f"vocab.json, config.json, neighbours.h5, matcher.keras, history.csv, training_curves.png). "
           f"Test BLEU-4: greedy "
-          f"{greedy.metrics['BLEU-4']:.3f}, beam k=3 {beam.metrics['BLEU-4']:.3f} (a constant caption scores "
-          f"{greedy.baseline['BLEU-4']:.3f}). Figures: {run_dir / 'training_curves.png'}, "
-          f"{beam.out_dir / 'examples.png'}.\nNext: captioning caption YOUR_IMAGE.jpg --run {run_dir} --beam 5")
+          f"{greedy.metrics['BLEU-4']:.3f}, {best.settings['decoding']} {best.metrics['BLEU-4']:.3f} (a constant "
+          f"caption scores {greedy.baseline['BLEU-4']:.3f}). Figures: {run_dir / 'training_curves.png'}, "
+          f"{best.out_dir / 'examples.png'}.\nNext: captioning caption YOUR_IMAGE.jpg --run {run_dir}")
     return {"data": data, "features": extraction.store.path, "run": run_dir, "weights": weights_used,
-            "bleu4_greedy": greedy.metrics["BLEU-4"], "bleu4_beam3": beam.metrics["BLEU-4"],
+            "bleu4_greedy": greedy.metrics["BLEU-4"], "bleu4_recommended": best.metrics["BLEU-4"],
             "bleu4_constant": greedy.baseline["BLEU-4"]}

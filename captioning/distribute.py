@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.errors import UsageError
 
 CHOICES = ("auto", "none", "mirrored", "multi-worker")
@@ -45,7 +45,7 @@ def _task() -> tuple[str, int, dict]:
     raw = os.environ.get("TF_CONFIG", "")
     if not raw:
         raise UsageError("--distribute multi-worker needs the TF_CONFIG environment variable (the cluster's "
-                         "addresses and this worker's index); see README, \"Bigger data and more devices\".")
+                         "addresses and this worker's index); see docs/scaling.md.")
     try:
         config = json.loads(raw)
         task = config["task"]

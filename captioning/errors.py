@@ -23,3 +23,7 @@ class DataFormatError(CaptioningError):
 
 class UsageError(CaptioningError):
     """An option value outside its allowed range; the CLI exits 2, as for any usage error."""
+
+
+class MissingBackend(CaptioningError, ImportError):
+    """Keras cannot start: its backend (TensorFlow unless KERAS_BACKEND says otherwise) is missing."""

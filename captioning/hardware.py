@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from captioning.console import import_keras
+from captioning.backend import import_keras
 
 
 @functools.cache  # fixed for the life of the process; asked on every model trace

@@ -5,7 +5,7 @@ next-word model, loaded in safe mode), ``vocab.json`` (tokens and cleaning optio
 ``config.json`` (a ``FeatureSpec`` of the features it was trained on, the ``DecoderConfig``, the
 training settings and results), plus ``history.csv``, ``training_curves.png`` and ``checkpoints/``.
 When ``model.keras`` is a self-critical epoch's, ``cross_entropy.keras`` is the next-word model before
-that tuning: re-ranking pools the captions beam search finds with each (README, "Results on Flickr8k").
+that tuning: re-ranking pools the captions beam search finds with each (docs/results.md).
 Every file is written under a temporary name and renamed. Importing this module imports the
 decoders, which registers every custom layer, so loading never depends on what was imported before.
 """
@@ -17,8 +17,8 @@ import json
 import zipfile
 from pathlib import Path
 
-from captioning import atomic, decoders  # noqa: F401  (decoders: registers the custom layers)
-from captioning.console import import_keras
+from captioning import atomic, decoders
+from captioning.backend import import_keras
 from captioning.data import Vocabulary
 from captioning.decoders import DecoderConfig
 from captioning.errors import DAMAGED_RUN_FILE, CaptioningError
@@ -30,7 +30,7 @@ CROSS_ENTROPY_FILE = "cross_entropy.keras"
 
 @dataclasses.dataclass
 class Run:
-    features: FeatureSpec
+    feature_spec: FeatureSpec
     decoder: DecoderConfig
     vocab: Vocabulary
     training: dict = dataclasses.field(default_factory=dict)  # the FitOptions it was trained with
@@ -44,7 +44,7 @@ class Run:
         self.vocab.save(run_dir / "vocab.json")
         keras = import_keras()
         config = {"format": CONFIG_FORMAT, "version": 1, "decoder": self.decoder.to_dict(),
-                  "features": self.features.to_dict(), "feature_store": self.feature_store,
+                  "features": self.feature_spec.to_dict(), "feature_store": self.feature_store,
                   "cleaning": self.vocab.cleaning.to_dict(), "data": self.data, "training": self.training,
                   "results": self.results, "keras_version": keras.__version__}
         return atomic.write_text(run_dir / "config.json", json.dumps(config, indent=2))
@@ -90,6 +90,7 @@ def load_config(run_dir) -> dict:
 def load_model(path, compile: bool = False):
     """A saved decoder (``model.keras`` or a checkpoint), in safe mode, with a clear error if unreadable."""
     keras = import_keras()
+    decoders.register_layers()
     path = Path(path)
     if not path.is_file():
         raise CaptioningError(f"{path}: no such model file")

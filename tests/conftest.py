@@ -32,6 +32,19 @@ def learnable(tmp_path_factory):
     return {"data": data, "features": store.path, "run": root / "run", "fit": result}
 
 
+@pytest.fixture(scope="session")
+def base(sample_dir, tmp_path_factory):
+    """For the hostile-input tests (tests/test_hostile_*.py): a feature store of the sample set and a
+    finished tiny run on it. Tests copy what they change."""
+    from captioning.features import extract_features
+    from captioning.training import FitOptions, fit
+    root = tmp_path_factory.mktemp("hostile")
+    store = extract_features(sample_dir / "Images", backbone=BACKBONE, weights="none", out=root / "f.h5",
+                             show_progress=False).store.path
+    fit(sample_dir, store, root / "run", FitOptions(epochs=2, batch_size=8, units=8, embed_dim=8), verbose=0)
+    return {"data": sample_dir, "store": store, "run": root / "run", "root": root}
+
+
 @pytest.fixture
 def run_without(learnable, tmp_path):
     """A copy of the learnable run with one of its files removed (a run from an older version)."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from captioning.cli import main
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.errors import CaptioningError
 from captioning.evaluation.localisation import side_rate
 from captioning.features import extract_features
@@ -75,7 +75,7 @@ def attention_run(sample_dir, tmp_path_factory):
 def test_fit_attention_and_decode_with_maps(attention_run, sample_dir, tmp_path, capsys):
     run, store = attention_run
     cap = Captioner.load(run)
-    grid = cap.features.grid
+    grid = cap.feature_spec.grid
     assert grid == (7, 7)
     for strategy in (Greedy(), BeamSearch(3)):
         for c in cap.caption_features(store[store.ids[:3]], strategy, max_length=6):
@@ -88,7 +88,7 @@ def test_fit_attention_and_decode_with_maps(attention_run, sample_dir, tmp_path,
 
 
 def test_attention_needs_a_spatial_store(attention_run, sample_dir, tmp_path):
-    from captioning.features.store import FeatureStoreWriter
+    from captioning.features.writer import FeatureStoreWriter
     w = FeatureStoreWriter(tmp_path / "p.h5", {"backbone": "x", "weights": "none", "pooling": "avg",
                                                "input_size": 8, "feature_shape": [4], "dtype": "float32"})
     w.write_batch(["sample_00000.jpg"], np.zeros((1, 4)))
@@ -134,7 +134,7 @@ def test_attention_looks_at_the_named_shape_on_the_sample_set(tmp_path):
     cap = Captioner.load(tmp_path / "run")
     images = load_captions(data).images("train")
     scenes = json.loads((data / "scenes.json").read_text())
-    rate = side_rate(images, cap.caption_features(store[images], Greedy()), scenes, cap.features.grid)
+    rate = side_rate(images, cap.caption_features(store[images], Greedy()), scenes, cap.feature_spec.grid)
     print("side rate (train):", rate.describe())
     assert rate.counts[(1, "left")] + rate.counts[(1, "right")] >= 40
     assert rate.rate(1) >= 0.7  # P(≥ 0.7 of ≥ 40 words at chance 0.5) < 0.01

@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from captioning.errors import MissingBackend
+
 _SCRIPT = r"""
 import json
 import numpy as np
@@ -71,13 +73,25 @@ class NoTensorFlow(importlib.abc.MetaPathFinder):
         if name.split(".")[0] == "tensorflow":
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, NoTensorFlow())
-import captioning
+import captioning  # loads no Keras: fine without TensorFlow
+if sys.argv[1] == "library":
+    from captioning.inference import Captioner
+    Captioner.load(sys.argv[2])
+else:
+    from captioning.cli import main
+    sys.exit(main(["caption", "x.jpg", "--run", sys.argv[2]]))
 """
 
 
-def test_without_tensorflow_the_import_error_says_what_to_install_or_set():
+@pytest.mark.parametrize("how", ["library", "cli"])
+def test_without_tensorflow_the_import_error_says_what_to_install_or_set(learnable, how):
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}  # Keras' default: TensorFlow
-    proc = subprocess.run([sys.executable, "-c", _NO_TENSORFLOW], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode != 0
+    proc = subprocess.run([sys.executable, "-c", _NO_TENSORFLOW, how, str(learnable["run"])], capture_output=True,
+                          text=True, env=env, timeout=120)
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("ImportError: Keras runs on TensorFlow") and "KERAS_BACKEND=jax" in last, last
+    assert "Keras runs on TensorFlow" in last and "KERAS_BACKEND=jax" in last, last
+    if how == "cli":
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    else:  # an ImportError, as Python users expect, that the CLI explains in one paragraph
+        assert proc.returncode != 0 and last.startswith("captioning.errors.MissingBackend: ")
+        assert issubclass(MissingBackend, ImportError)

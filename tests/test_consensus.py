@@ -119,6 +119,29 @@ def test_fit_writes_it_and_evaluate_reranks_by_default(learnable, evaluate_dev):
     assert reranked["metrics"]["BLEU-4"] > reranked["constant_caption_baseline"]["BLEU-4"]
 
 
+def test_caption_without_options_decodes_the_recommended_way(learnable, capsys, tmp_path):
+    """What the docs recommend is what `captioning caption` does when told nothing: the same captions
+    as the library's "recommended" recipe, and the figure and eval.json say so."""
+    from captioning.inference import Captioner
+    images = [str(learnable["data"] / "Images" / f"sample_0000{i}.jpg") for i in range(4)]
+    assert main(["caption", *images, "--run", str(learnable["run"]), "--figure", str(tmp_path / "f.png")]) == 0
+    printed = [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
+    captioner = Captioner.load(learnable["run"])
+    assert printed == [c.text for c in captioner.caption(images)]  # the library's default is the same
+    assert printed == [c.text for c in captioner.caption(images, "recommended")]
+    assert captioner.search("recommended").describe()["rerank"] == "consensus"
+    assert main(["caption", *images, "--run", str(learnable["run"]), "--greedy"]) == 0
+    greedy = [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
+    assert greedy == [c.text for c in captioner.caption(images, "greedy")]
+
+
+def test_evaluate_names_the_recipe_it_used(evaluate_dev, learnable):
+    reranked = evaluate_dev(learnable["run"], "d")  # the fixture asks for --beam 3 (fast)
+    assert reranked["settings"]["decoding"] == "beam 3 + re-ranking" and reranked["settings"]["k"] == 3
+    assert evaluate_dev(learnable["run"], "g", "--beam", "1")["settings"]["decoding"] == "greedy"
+    assert evaluate_dev(learnable["run"], "n", "--no-rerank")["settings"]["decoding"] == "beam 3"
+
+
 @pytest.mark.parametrize("name", [consensus.FILE, matching.FILE])
 def test_a_run_without_a_reranking_file_decodes_as_before_with_a_note(learnable, run_without, capsys, name):
     """Runs from before 0.3 (no neighbours.h5) and 0.4 (no matcher.keras) still caption, and say how to catch up."""

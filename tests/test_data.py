@@ -211,10 +211,11 @@ def test_summary_counts(sample_dir):
     assert 10 < s.vocabulary_size < 40
 
 
-def test_make_sample_takes_the_old_images_spelling_with_a_note(tmp_path, capsys):
-    assert main(["make-sample", str(tmp_path / "s"), "--images", "10"]) == 0
-    out, err = capsys.readouterr()
-    assert "Wrote 10 images" in out and "use --scenes" in err
+def test_make_sample_names_the_new_spelling_of_the_old_images_option(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["make-sample", str(tmp_path / "s"), "--images", "10"])
+    assert e.value.code == 2 and "--images was renamed in 0.9: use --scenes" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 def test_cli_make_sample_and_info(tmp_path, capsys):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from captioning import decoders
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.decoders import DecoderConfig
 from captioning.errors import UsageError
 
@@ -89,7 +89,10 @@ for kind in sys.argv[5].split(","):
 _RELOAD = """
 import json, sys
 import numpy as np
-import captioning, keras  # nothing else: the plain import must register every custom layer
+if sys.argv.pop(1) == "keras-first":
+    import keras, captioning  # Keras already loaded: captioning registers its layers at once
+else:
+    import captioning, keras  # captioning loads no Keras: its layers are registered when Keras arrives
 out = {}
 for path in sys.argv[1:]:
     model = keras.saving.load_model(path, safe_mode=True)
@@ -126,9 +129,10 @@ def test_resumed_run_equals_uninterrupted_run(resumed_runs, kind):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_plain_import_reloads_every_decoder_in_safe_mode(resumed_runs):
+@pytest.mark.parametrize("order", ["captioning-first", "keras-first"])
+def test_plain_import_reloads_every_decoder_in_safe_mode(resumed_runs, order):
     paths = [str(resumed_runs / f"{k}-straight" / f) for k in ALL for f in ("model.keras", "checkpoints/last.keras")]
-    done = subprocess.run([sys.executable, "-c", _RELOAD, *paths], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", _RELOAD, order, *paths], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     sums = json.loads(done.stdout.strip().splitlines()[-1])
     for p in paths[::2]:

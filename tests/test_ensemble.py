@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from captioning.cli import main
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.decoders import DecoderConfig, build as build_decoder, step_model
 from captioning.errors import CaptioningError
 from captioning.features import FeatureStore

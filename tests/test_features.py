@@ -10,11 +10,12 @@ import pytest
 from PIL import Image
 
 from captioning.cli import main
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.errors import CaptioningError
 from captioning.features import FeatureStore, extract_features
 from captioning.features.images import ImageError, load_image
-from captioning.features.store import FeatureStoreWriter, partial_dir
+from captioning.features.store import partial_dir
+from captioning.features.writer import FeatureStoreWriter
 
 BACKBONE = "efficientnet_b0"  # the fastest backbone whose random-init features are not degenerate
 
@@ -175,7 +176,7 @@ def test_image_list_restricts_and_missing_files_are_recorded(sample_dir, tmp_pat
 
 
 def test_mixed_precision_matches_float32_and_leaves_the_global_policy(sample_dir, tmp_path, monkeypatch):
-    from captioning.console import import_keras
+    from captioning.backend import import_keras
     from captioning import hardware
     keras = import_keras()
     kw = dict(backbone="efficientnet_b0", weights="none", limit=8, show_progress=False)
@@ -213,10 +214,10 @@ def test_three_shards_merge_to_exactly_the_single_process_store(sample_dir, tmp_
     np.testing.assert_array_equal(merged[whole.ids], whole[whole.ids])
     assert merged.spec.compatible_with(whole.spec)
     # a missing shard is reported and the result marked incomplete; mixed networks are refused
-    assert main(["merge-features", str(tmp_path / "two.h5"), *parts[:2]]) == 3  # the form before 0.3.2, with a note
+    assert main(["merge-features", "--out", str(tmp_path / "two.h5"), *parts[:2]]) == 3
     out, err = capsys.readouterr()
-    assert "Merged 2 stores" in out and "shards 3/3 are missing" in out and "merge-features --out" in err
-    assert main(["merge-features", parts[0]]) == 2 and "--out OUT.h5" in capsys.readouterr().err
+    assert "Merged 2 stores" in out and "shards 3/3 are missing" in out
+    assert main(["merge-features", parts[0], parts[1]]) == 2 and "--out OUT.h5" in capsys.readouterr().err
     other = extract_features(sample_dir / "Images", backbone="efficientnet_b0", weights="none", seed=9, limit=3,
                              out=tmp_path / "other.h5", show_progress=False).store.path
     assert main(["merge-features", "--out", str(tmp_path / "bad.h5"), parts[0], str(other)]) == 1

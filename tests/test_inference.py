@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from captioning.cli import main
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.data import Vocabulary
 from captioning.evaluation import bleu_scores, evaluate
 from captioning.features import FeatureStore
@@ -135,7 +135,7 @@ def test_trained_run_captions_and_scores_far_above_a_constant(learnable, tmp_pat
     from_pixels = cap.caption([learnable["data"] / "Images" / i for i in ids])
     assert [c.text for c in from_pixels] == [c.text for c in from_store]  # same backbone, same init
     greedy = evaluate(learnable["run"], learnable["data"], learnable["features"], out=tmp_path / "g")
-    beam = evaluate(learnable["run"], learnable["data"], learnable["features"], strategy=BeamSearch(3),
+    beam = evaluate(learnable["run"], learnable["data"], learnable["features"], decoding=BeamSearch(3),
                     out=tmp_path / "b", captioner=cap)
     print(f"\nsample set (150 images) BLEU-4 greedy {greedy.metrics['BLEU-4']:.3f} beam3 "
           f"{beam.metrics['BLEU-4']:.3f} constant {greedy.baseline['BLEU-4']:.3f}")

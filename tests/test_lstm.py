@@ -1,6 +1,6 @@
 import numpy as np
 
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.decoders import DecoderConfig, lstm
 from captioning.decoders import build as build_decoder
 from captioning.decoders.lstm import SequenceLSTM

@@ -73,10 +73,11 @@ def test_a_damaged_matcher_is_a_clear_error(learnable, tmp_path, capsys):
     assert main(["caption", image, "--run", str(run), "--beam", "3", "--matching", "0"]) == 0
 
 
-@pytest.mark.parametrize("args, says", [(["--matching", "2"], "--beam"),
+@pytest.mark.parametrize("args, says", [(["--greedy", "--matching", "2"], "--beam"),
                                         (["--beam", "3", "--rerank", "0", "--matching", "2"], "--rerank"),
-                                        (["--candidates", "both"], "--beam"),
-                                        (["--likelihood", "0.1"], "--beam"),
+                                        (["--beam", "1", "--candidates", "both"], "--beam"),
+                                        (["--sample", "--likelihood", "0.1"], "--beam"),
+                                        (["--no-rerank", "--likelihood", "0.1"], "--no-rerank"),
                                         (["--beam", "3", "--rerank", "0", "--likelihood", "0.1"], "--rerank"),
                                         (["--beam", "3", "--rerank", "0", "--candidates", "model"], "--rerank")])
 def test_reranking_options_without_reranking_are_refused(learnable, args, says, capsys):

@@ -16,7 +16,7 @@ from captioning.run import CROSS_ENTROPY_FILE, load_model
 from captioning.training import FitOptions, fit
 from captioning.training import self_critical as sc_module
 from captioning.training.checkpoints import history_rows
-from captioning.training.fit import plan
+from captioning.training.fitting import plan
 from captioning.training.self_critical import SelfCritical, best_epoch
 
 

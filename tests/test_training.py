@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.data import Vocabulary
 from captioning.errors import CaptioningError
-from captioning.features.store import FeatureStoreWriter
+from captioning.features.writer import FeatureStoreWriter
 from captioning.decoders import DecoderConfig, caption_loss
 from captioning.decoders import build as build_decoder
 from captioning.run import load_config
@@ -271,7 +271,7 @@ def test_a_run_from_before_tied_embeddings_resumes_untied(learnable, tmp_path):
 def test_figures_leave_a_notebooks_plotting_backend_alone(tmp_path):
     """Writing training curves or a caption grid must not switch pyplot's backend (it broke inline plots)."""
     import matplotlib
-    from captioning.evaluation.figures import caption_grid
+    from captioning.figures import caption_grid
     from captioning.training.curves import plot_history
     previous = matplotlib.get_backend()
     matplotlib.use("svg")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from captioning.cli import main
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.features import FeatureStore
 
 keras = import_keras()

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import re
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,6 @@ from captioning.errors import CaptioningError, DataFormatError
 
 SPLITS = ("train", "dev", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-FORMATS = ("flickr8k", "flickr8k-kaggle", "flickr30k", "coco", "karpathy")
 _IMAGE_DIRS = ("Images", "images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k_images")
 _SPLIT_LISTS = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages.txt",
                 "test": "Flickr_8k.testImages.txt"}
@@ -167,7 +167,7 @@ def _json_structure(reader):
             return reader(path, *args)
         except (TypeError, AttributeError, KeyError) as e:
             raise DataFormatError(path, None, f"unexpected JSON structure ({type(e).__name__}: {e})",
-                                  "Compare the file with the format's documented layout (README, formats table).") from e
+                                  "Compare the file with the format's documented layout (docs/formats.md).") from e
     return read
 
 
@@ -255,63 +255,6 @@ def seeded_split(images, seed: int = 0, holdout: float = 0.125, max_holdout: int
     return split_of
 
 
-def detect_format(path) -> tuple[str, Path]:
-    """(format name, captions file) for a captions file or a data-set folder."""
-    path = Path(path)
-    if not path.exists():
-        raise CaptioningError(f"{path}: no such file or folder")
-    if path.is_dir():
-        candidates = [("karpathy", sorted(path.glob("dataset_*.json")))]
-        candidates += [("flickr8k", [path / f for f in _TOKEN_FILES if (path / f).is_file()])]
-        candidates += [("flickr8k-kaggle", [p for p in [path / "captions.txt"] if p.is_file()])]
-        candidates += [("flickr30k", [p for p in [path / "results.csv"] if p.is_file()])]
-        coco = sorted(path.glob("captions_*.json")) + sorted(path.glob("annotations/captions_*.json"))
-        candidates += [("coco", coco)]
-        for fmt, files in candidates:
-            if files:
-                return fmt, files[0]
-        raise CaptioningError(
-            f"{path}: found no captions file. Expected one of Flickr8k.token.txt, captions.txt, "
-            "results.csv, captions_train2014.json or dataset_*.json (or pass the file itself).")
-    name = path.name.lower()
-    if name.endswith(".json"):
-        if name.startswith("dataset_"):
-            return "karpathy", path
-        if name.startswith("captions_"):
-            return "coco", path
-        d = _load_json(path)
-        return ("karpathy" if "annotations" not in d else "coco"), path
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        first = f.readline()
-    if first.lower().startswith("image_name|") or first.count("|") >= 2:
-        return "flickr30k", path
-    if first.strip().lower().replace(" ", "") .startswith("image,caption"):
-        return "flickr8k-kaggle", path
-    if "\t" in first:
-        return "flickr8k", path
-    raise CaptioningError(f"{path}: cannot tell the caption format from its first line {first[:60]!r}; "
-                          f"pass --format ({', '.join(FORMATS)})")
-
-
-def _captions_file_for(fmt: str, path: Path) -> Path:
-    if path.is_file():
-        return path
-    if fmt == "flickr8k-kaggle":
-        return path / "captions.txt"
-    if fmt == "flickr30k":
-        for f in ("results.csv", *_TOKEN_FILES):
-            if (path / f).is_file():
-                return path / f
-    if fmt == "flickr8k":
-        for f in _TOKEN_FILES:
-            if (path / f).is_file():
-                return path / f
-    detected, file = detect_format(path)
-    if detected != fmt:
-        raise CaptioningError(f"{path}: --format {fmt} given, but the folder holds {file.name} ({detected})")
-    return file
-
-
 # --- one loader per format: (path, captions file, images_dir, split seed) →
 #     (rows of (image, caption, split), empty captions, images root, data-set name, notes) -----------
 
@@ -375,9 +318,80 @@ def _load_flickr30k(path: Path, file: Path, images_dir, split_seed: int):
     return _flickr_style(reader)(path, file, images_dir, split_seed)
 
 
-LOADERS = {"flickr8k": _flickr_style(_read_token_file), "flickr8k-kaggle": _flickr_style(_read_kaggle_csv),
-           "flickr30k": _load_flickr30k, "coco": _load_coco, "karpathy": _load_karpathy}
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """One caption layout: which files in a folder are its captions (glob patterns, in order), how to
+    tell a lone captions file of it (``recognises(path, first_line)``), and how to ``load`` it."""
 
+    name: str
+    files: tuple
+    recognises: Callable
+    load: Callable
+
+
+def _is_json(prefix: str, has_annotations: bool):
+    def recognises(path: Path, first_line: str) -> bool:
+        name = path.name.lower()
+        if not name.endswith(".json"):
+            return False
+        if name.startswith(("dataset_", "captions_")):
+            return name.startswith(prefix)
+        return ("annotations" in _load_json(path)) == has_annotations
+    return recognises
+
+
+# Detection tries these in order; adding a format is one entry here (and its loader above).
+REGISTRY = {f.name: f for f in [
+    Format("karpathy", ("dataset_*.json",), _is_json("dataset_", False), _load_karpathy),
+    Format("flickr8k", _TOKEN_FILES, lambda path, line: "\t" in line,
+           _flickr_style(_read_token_file)),
+    Format("flickr8k-kaggle", ("captions.txt",),
+           lambda path, line: line.strip().lower().replace(" ", "").startswith("image,caption"),
+           _flickr_style(_read_kaggle_csv)),
+    Format("flickr30k", ("results.csv", *_TOKEN_FILES),
+           lambda path, line: line.lower().startswith("image_name|") or line.count("|") >= 2, _load_flickr30k),
+    Format("coco", ("captions_*.json", "annotations/captions_*.json"), _is_json("captions_", True), _load_coco),
+]}
+FORMATS = tuple(REGISTRY)
+
+
+def _files_of(fmt: Format, folder: Path) -> list:
+    return [f for pattern in fmt.files for f in sorted(folder.glob(pattern)) if f.is_file()]
+
+
+def detect_format(path) -> tuple[str, Path]:
+    """(format name, captions file) for a captions file or a data-set folder."""
+    path = Path(path)
+    if not path.exists():
+        raise CaptioningError(f"{path}: no such file or folder")
+    if path.is_dir():
+        for fmt in REGISTRY.values():
+            files = _files_of(fmt, path)
+            if files:
+                return fmt.name, files[0]
+        raise CaptioningError(
+            f"{path}: found no captions file. Expected one of Flickr8k.token.txt, captions.txt, "
+            "results.csv, captions_train2014.json or dataset_*.json (or pass the file itself).")
+    first = ""
+    if not path.name.lower().endswith(".json"):
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            first = f.readline()
+    # the most specific rules first: a '|' table also holds no tab, a CSV header is not a token line
+    for name in ("karpathy", "coco", "flickr30k", "flickr8k-kaggle", "flickr8k"):
+        if REGISTRY[name].recognises(path, first):
+            return name, path
+    raise CaptioningError(f"{path}: cannot tell the caption format from its first line {first[:60]!r}; "
+                          f"pass --format ({', '.join(FORMATS)})")
+
+
+def _captions_file_for(fmt: str, path: Path) -> Path:
+    if path.is_file():
+        return path
+    files = _files_of(REGISTRY[fmt], path)
+    if files:
+        return files[0]
+    detected, file = detect_format(path)
+    raise CaptioningError(f"{path}: --format {fmt} given, but the folder holds {file.name} ({detected})")
 
 
 def load_captions(path, format: str | None = None, images_dir=None, on_missing: str = "keep",
@@ -398,7 +412,7 @@ def load_captions(path, format: str | None = None, images_dir=None, on_missing: 
         if not path.exists():
             raise CaptioningError(f"{path}: no such file or folder")
         file = _captions_file_for(format, path)
-    rows, empty, root, dataset_name, notes = LOADERS[format](path, file, images_dir, split_seed)
+    rows, empty, root, dataset_name, notes = REGISTRY[format].load(path, file, images_dir, split_seed)
 
     if empty:
         notes.append(f"{empty} empty captions skipped.")

@@ -1,14 +1,17 @@
 """Decoders: one module each, on a small base class, and a registry that is the only list of them.
 
 ``decoders.get("merge")`` returns the ``Decoder``; ``decoders.names()`` lists them in the order the
-CLI shows. Importing this package registers every custom layer, so a saved ``model.keras`` loads
-with ``keras.saving.load_model(path, safe_mode=True)`` after a plain ``import captioning``.
-To add a decoder: one module with a ``Decoder`` subclass, one ``register`` line below, its test.
+CLI shows. Importing it loads no Keras: the custom layers are registered by ``register_layers``, which
+``import captioning`` arranges to run as soon as Keras is imported (``captioning.backend``), so a saved
+``model.keras`` loads with ``keras.saving.load_model(path, safe_mode=True)`` after a plain
+``import captioning``. To add a decoder: one module with a ``Decoder`` subclass, one ``register``
+line below, its test.
 """
 
 from __future__ import annotations
 
-from captioning.decoders import layers, lstm, soft_attention  # noqa: F401  (registers the custom layers)
+import importlib
+
 from captioning.decoders.attention import Attention
 from captioning.decoders.base import Decoder, DecoderConfig, caption_loss
 from captioning.decoders.init_inject import InitInject
@@ -30,6 +33,12 @@ for _cls in (Merge, Inject, InitInject, PreInject, Attention):
     register(_cls)
 
 
+def register_layers() -> None:
+    """Register every custom Keras layer of the decoders (imports Keras)."""
+    for module in ("layers", "lstm", "soft_attention"):
+        importlib.import_module(f"captioning.decoders.{module}")
+
+
 def names() -> tuple:
     return tuple(_REGISTRY)
 
@@ -43,6 +52,7 @@ def get(name: str) -> Decoder:
 
 def build(cfg: DecoderConfig, sequences: bool = False):
     """The Keras model of ``cfg``: next-word (saved, decoded) or teacher-forced sequences (trained)."""
+    register_layers()
     return get(cfg.type).build(cfg, sequences)
 
 
@@ -51,5 +61,6 @@ def step_model(model, cfg: DecoderConfig) -> StepModel:
     return get(cfg.type).step_model(model, cfg)
 
 
-__all__ = ["Decoder", "DecoderConfig", "StepModel", "PrefixSteps", "caption_loss", "register", "names", "get",
+__all__ = ["Decoder", "DecoderConfig", "StepModel", "PrefixSteps", "caption_loss", "register", "register_layers",
+           "names", "get",
            "build", "step_model"]

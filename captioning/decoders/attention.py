@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.decoders.base import Decoder
 from captioning.decoders.steps import StepModel, log_probs, run_rows
 

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.errors import UsageError
+
+
+# The sizes every decoder starts from; ``fit``'s options take their defaults from here.
+SIZES = {"embed_dim": 512, "units": 512, "dropout": 0.5, "attention_dim": 256, "doubly_stochastic": 0.02}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,14 +30,14 @@ class DecoderConfig:
     vocab_size: int
     feature_dim: int
     max_length: int  # tokens, start and end included
-    embed_dim: int = 256
-    units: int = 256
-    dropout: float = 0.5
+    embed_dim: int = SIZES["embed_dim"]
+    units: int = SIZES["units"]
+    dropout: float = SIZES["dropout"]
     rnn: str = "lstm"
     bidirectional: bool = False  # inject only
     grid_size: int = 0  # attention only: grid cells per image (H·W); feature_dim is then channels
-    attention_dim: int = 256
-    doubly_stochastic: float = 0.02  # λ of Σ_cells(1 − Σ_t α)²: ≈ the usual mean over 49 cells
+    attention_dim: int = SIZES["attention_dim"]
+    doubly_stochastic: float = SIZES["doubly_stochastic"]  # λ of Σ_cells(1 − Σ_t α)²: ≈ the usual mean over 49 cells
     tie_embeddings: bool = False  # the word vectors are the output layer too (recurrent decoders)
 
     def __post_init__(self):
@@ -79,7 +83,7 @@ class Decoder:
     needs_spatial: bool = False  # reads the (H·W, C) grid rather than a pooled vector
     output_offset: int = 0  # steps before the first word prediction (pre-inject: the image step)
     can_tie: bool = True  # its output layer can be the transposed word vectors (--tie-embeddings)
-    tied_by_default: bool = False  # where tying measured better on Flickr8k dev (README, "Tied word vectors")
+    tied_by_default: bool = False  # where tying measured better on Flickr8k dev (docs/results.md, "Tied word vectors")
 
     def is_causal(self, cfg: DecoderConfig) -> bool:
         """Whether this configuration can train on whole captions (the fast path: the same objective as the

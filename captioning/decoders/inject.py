@@ -9,7 +9,7 @@ trains on partial-caption pairs and decodes by re-reading the prefix (``PrefixSt
 
 from __future__ import annotations
 
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.decoders.base import Decoder, rnn_layer
 from captioning.decoders.recurrent import RecurrentSteps, head, step_probs, word_embedding
 from captioning.decoders.steps import PrefixSteps

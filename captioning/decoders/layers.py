@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from captioning.console import import_keras
+from captioning.backend import import_keras
 
 keras = import_keras()
 

@@ -11,7 +11,7 @@ instead (cuDNN, where the backend has it).
 from __future__ import annotations
 
 from captioning import hardware
-from captioning.console import import_keras
+from captioning.backend import import_keras
 
 keras = import_keras()
 ops = keras.ops

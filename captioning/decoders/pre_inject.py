@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.decoders.base import rnn_layer
 from captioning.decoders.recurrent import RecurrentDecoder
 

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.decoders.base import Decoder, DecoderConfig
 from captioning.decoders.steps import StepModel, run_rows
 

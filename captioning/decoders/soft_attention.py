@@ -9,7 +9,7 @@ inference, so training and decoding cannot drift apart.
 
 from __future__ import annotations
 
-from captioning.console import import_keras
+from captioning.backend import import_keras
 
 keras = import_keras()
 ops = keras.ops

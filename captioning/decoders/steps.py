@@ -1,8 +1,8 @@
 """Inference split in two, as in im2txt: "feed the image" and "one decoder step".
 
 ``StepModel.start(features)`` returns the initial state (a list of batch-first arrays);
-``StepModel.step(tokens, state)`` returns next-word log-probabilities and the new state. Search
-strategies only ever gather state rows, so any decoder fits behind this interface. Each decoder
+``StepModel.step(tokens, state)`` returns next-word log-probabilities and the new state. The
+searches only ever gather state rows, so any decoder fits behind this interface. Each decoder
 module makes its own (``Decoder.step_model``); ``PrefixSteps`` serves any next-word model that
 must re-read the whole prefix (the bidirectional inject), still batched over images × beams.
 """
@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from captioning.console import import_keras
+from captioning.backend import import_keras
 
 _EPS = 1e-12
 

@@ -1,7 +1,7 @@
-"""Evaluation: BLEU-1..4, the COCO caption metrics, figures."""
+"""Evaluation: a split captioned and scored (``evaluate``), figures. The metrics: ``captioning.metrics``."""
 
-from captioning.metrics.bleu import bleu_scores
 from captioning.evaluation.evaluate import EvalResult, evaluate
-from captioning.evaluation.figures import caption_grid
+from captioning.figures import caption_grid
+from captioning.metrics.bleu import bleu_scores
 
 __all__ = ["bleu_scores", "EvalResult", "evaluate", "caption_grid"]

@@ -14,10 +14,10 @@ from captioning import atomic
 from captioning.data import load_captions, tokenize
 from captioning.errors import CaptioningError
 from captioning.metrics.bleu import bleu_scores
-from captioning.evaluation.figures import caption_grid
+from captioning.figures import caption_grid
 from captioning.features import FeatureStore
-from captioning.inference.captioner import Captioner, empty_captions_note
-from captioning.inference.search import Greedy
+from captioning.inference.captioner import Captioner, empty_captions_note, run_dirs
+from captioning.inference.decoding import label
 
 
 @dataclasses.dataclass
@@ -36,24 +36,25 @@ class EvalResult:
         base = ", ".join(f"{k} {v:.3f}" for k, v in self.baseline.items())
         missing = [k for k, v in self.metrics.items() if v is None]
         extra = f" ({', '.join(missing)} not computed: needs Java)" if missing else ""
-        return (f"Captioned {self.images} {self.settings['split']} images with {self.settings['strategy']} "
-                f"decoding in {self.seconds:.1f} s: {fmt}{extra}. A constant caption "
+        return (f"Captioned {self.images} {self.settings['split']} images with {self.settings['decoding']} "
+                f"in {self.seconds:.1f} s: {fmt}{extra}. A constant caption "
                 f"(\"{self.baseline_caption}\") scores {base}. Wrote {self.out_dir / 'eval.json'} "
                 f"(metrics, settings, every caption) and {self.out_dir / 'examples.png'}."
                 + "".join(f"\n  note: {n}" for n in self.notes))
 
 
-def evaluate(run_dir, captions, features, split: str = "test", strategy=None, format=None, out=None,
+def evaluate(run_dir, captions, features, split: str = "test", decoding="recommended", format=None, out=None,
              coco: bool = False, limit: int | None = None, captioner: Captioner | None = None,
-             images_dir=None) -> EvalResult:
+             images_dir=None, show_progress: bool = True) -> EvalResult:
     """Caption ``split``'s images from ``features`` and score them against all their references.
-    ``run_dir`` is a run folder, or a list of them to caption with their ensemble.
+    ``run_dir`` is a run folder, or a list of them to caption with their ensemble; ``decoding`` a
+    recipe's name, a dict, a ``Decoding`` or a search object (``captioning.inference.decoding``).
 
     Writes ``eval.json`` (metrics, settings, every caption) and ``examples.png`` (the first nine
     images with their captions; photos are read from ``images_dir`` or the data set's images folder)."""
-    strategy = strategy or Greedy()
-    runs = [Path(r) for r in run_dir] if isinstance(run_dir, (list, tuple)) else [Path(run_dir)]
+    runs = run_dirs(run_dir)
     captioner = captioner or Captioner.load(runs)
+    search = captioner.search(decoding)
     vocab = captioner.vocab
     if images_dir is not None and not Path(images_dir).is_dir():
         raise CaptioningError(f"--images {images_dir}: no such folder (it is only for examples.png; leave it out "
@@ -61,7 +62,7 @@ def evaluate(run_dir, captions, features, split: str = "test", strategy=None, fo
     dataset = load_captions(captions, format=format, images_dir=images_dir)
     refs_raw = dataset.references(split)
     store = FeatureStore.open(features)
-    captioner.features.require_compatible(store.spec, f"the features run {runs[0]} was trained on", str(features))
+    captioner.feature_spec.require_compatible(store.spec, f"the features run {runs[0]} was trained on", str(features))
     asked = list(refs_raw)[:limit] if limit else list(refs_raw)
     images = [i for i in asked if i in store]
     if not images:
@@ -78,7 +79,7 @@ def evaluate(run_dir, captions, features, split: str = "test", strategy=None, fo
                               f"images, e.g. {', '.join(np.asarray(images)[bad][:3])}; their captions would be "
                               "meaningless. Re-extract them (extract-features --overwrite).")
     start = time.perf_counter()
-    generated = captioner.caption_features(features, strategy)
+    generated = captioner.caption_features(features, search, show_progress=show_progress)
     seconds = time.perf_counter() - start
     notes += [n for n in [empty_captions_note(generated, run_dir)] if n]
     refs = [[tokenize(c, vocab.cleaning) for c in refs_raw[i]] for i in images]
@@ -94,7 +95,7 @@ def evaluate(run_dir, captions, features, split: str = "test", strategy=None, fo
 
     out = Path(out) if out else runs[0] / f"eval-{split}{'-ensemble' if len(runs) > 1 else ''}"
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"split": split, **strategy.describe(), "runs": [str(r) for r in runs], "features": str(store.path),
+    settings = {"split": split, "decoding": label(search), **search.describe(), "runs": [str(r) for r in runs], "features": str(store.path),
                 "captions": str(dataset.source), "images": len(images)}
     record = {"metrics": metrics, "constant_caption_baseline": {"caption": constant, **baseline},
               "settings": settings,
@@ -108,5 +109,5 @@ def evaluate(run_dir, captions, features, split: str = "test", strategy=None, fo
     record["notes"] = notes
     atomic.write_text(out / "eval.json", json.dumps(record, indent=1, ensure_ascii=False))
     caption_grid(grid, out / "examples.png",
-                 title=f"{split} split — {settings['strategy']} — BLEU-4 {metrics['BLEU-4']:.3f}")
+                 title=f"{split} split — {settings['decoding']} — BLEU-4 {metrics['BLEU-4']:.3f}")
     return EvalResult(metrics, baseline, constant, len(images), settings, out, seconds, notes)

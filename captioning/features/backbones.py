@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from captioning import hardware
-from captioning.console import import_keras, set_random_seed
+from captioning.backend import import_keras, set_random_seed
 from captioning.errors import CaptioningError
 
 

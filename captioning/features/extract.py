@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from captioning import __version__
-from captioning.console import count, import_keras, progress
+from captioning.backend import import_keras
+from captioning.console import count, progress
 from captioning.errors import CaptioningError, UsageError
 from captioning.features.backbones import (build_model, describe_weights, embed, get_backbone,
                                           mixed_precision_policy)
 from captioning.features.images import RESIZE, ImageError, load_image
-from captioning.features.store import FeatureStore, FeatureStoreWriter
+from captioning.features.store import FeatureStore
+from captioning.features.writer import FeatureStoreWriter
 from captioning.distribute import place, release
 from captioning.data.formats import IMAGE_SUFFIXES
 

@@ -1,12 +1,15 @@
-"""Inference: greedy, beam search and sampling over a decoder's stateful one-step model.
+"""Inference: greedy, beam search, sampling and re-ranking over a decoder's stateful one-step model,
+chosen by name through ``decoding`` (``decoding.get("recommended")``).
 
 Inference reads the run format (``captioning.run``) and the decoders; it never imports training.
 """
 
-from captioning.decoders import PrefixSteps, StepModel, step_model
-from captioning.inference.captioner import Captioner
-from captioning.inference.ensemble import EnsembleSteps
-from captioning.inference.search import BeamSearch, Caption, Greedy, RandomSampler, Sampler
+from captioning.lazy import exports
 
-__all__ = ["Captioner", "EnsembleSteps", "BeamSearch", "Caption", "Greedy", "RandomSampler", "Sampler", "PrefixSteps",
-           "StepModel", "step_model"]
+__getattr__, __dir__, __all__ = exports(__name__, {
+    "Captioner": "captioning.inference.captioner",
+    "EnsembleSteps": "captioning.inference.ensemble",
+    "Decoding": "captioning.inference.decoding",
+    **{n: "captioning.inference.search" for n in ("BeamSearch", "Caption", "Greedy", "RandomSampler", "Sampler")},
+    **{n: "captioning.decoders" for n in ("PrefixSteps", "StepModel", "step_model")},
+})

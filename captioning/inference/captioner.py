@@ -11,7 +11,8 @@ from captioning.decoders.steps import WithoutTokens
 from captioning.errors import CaptioningError
 from captioning.lock import WriterLock
 from captioning.inference.ensemble import EnsembleSteps
-from captioning.inference.search import Greedy, to_captions
+from captioning.inference.decoding import Decoding, get as get_decoding
+from captioning.inference.search import to_captions
 from captioning.run import CROSS_ENTROPY_FILE, Run, load_model
 
 
@@ -43,13 +44,18 @@ def _proposer(path: Path, vocab, decoder):
                               f"`captioning fit ... --resume` on it to write it again. {instead}") from None
 
 
+def run_dirs(run_dir) -> list:
+    """One run folder, or several captioning together (an ensemble), always as a list of paths."""
+    return [Path(d) for d in run_dir] if isinstance(run_dir, (list, tuple)) else [Path(run_dir)]
+
+
 def empty_captions_note(captions, run_dir) -> str | None:
     """Captions that ended before any word are the sign of a run that has not learned yet: say so,
     rather than leave blank lines to puzzle over."""
     n = sum(not c.text for c in captions)
     if not n:
         return None
-    run = " + ".join(map(str, run_dir)) if isinstance(run_dir, (list, tuple)) else run_dir
+    run = " + ".join(map(str, run_dirs(run_dir)))
     return (f"{n} of {len(captions)} captions ended before any word, as a run that has not learned yet does: "
             f"train {run} longer (`captioning fit ... --out {run} --resume --epochs N`, N above the epochs "
             "in its history.csv).")
@@ -60,8 +66,9 @@ class Captioner:
 
     def __init__(self, models, run: Run, run_dir=None, weights=None, configs=None):
         models = models if isinstance(models, (list, tuple)) else [models]
-        self.model, self.run, self.run_dir = models[0], run, run_dir
-        self.vocab, self.decoder, self.features = run.vocab, run.decoder, run.features
+        self.model, self.run = models[0], run
+        self.run_dirs = run_dirs(run_dir) if run_dir is not None else [Path(".")]
+        self.vocab, self.decoder, self.feature_spec = run.vocab, run.decoder, run.feature_spec
         v = run.vocab
         members = [decoders.step_model(m, cfg) for m, cfg in zip(models, configs or [run.decoder])]
         steps = members[0] if len(members) == 1 else EnsembleSteps(members)
@@ -71,6 +78,7 @@ class Captioner:
         self._consensus = None
         self._matcher = None
         self._proposers = None
+        self._searches = {}
         self.notes = []
 
     @classmethod
@@ -78,7 +86,7 @@ class Captioner:
         """Load ``model.keras`` (safe mode), ``vocab.json`` and ``config.json`` from a run folder, or from
         each of a list of run folders (an ensemble: they must share the vocabulary and the features).
         ``weights`` is the backbone's weights file, when the one recorded has moved."""
-        dirs = [Path(d) for d in run_dir] if isinstance(run_dir, (list, tuple)) else [Path(run_dir)]
+        dirs = run_dirs(run_dir)
         runs = [Run.load(d) for d in dirs]
         for d in dirs:
             if not (d / "model.keras").is_file():
@@ -95,12 +103,12 @@ class Captioner:
                          f"both {len(r.vocab)} words, but not the same words or cleaning")
                 raise CaptioningError(f"{d} and {dirs[0]} have different vocabularies ({sizes}): an ensemble needs "
                                       "runs trained on the same captions with the same --min-count and cleaning.")
-            diff = first.features.differences(r.features, (dirs[0].name, d.name))
+            diff = first.feature_spec.differences(r.feature_spec, (dirs[0].name, d.name))
             if diff:
                 raise CaptioningError(f"{d} and {dirs[0]} were trained on different features ({'; '.join(diff)}): "
                                       "an ensemble's runs must read the same features of each image.")
         models = [load_model(d / "model.keras") for d in dirs]
-        return cls(models, first, dirs[0] if len(dirs) == 1 else dirs, weights, [r.decoder for r in runs])
+        return cls(models, first, dirs, weights, [r.decoder for r in runs])
 
     # --- decoding --------------------------------------------------------------------------------
     def reranked(self, search, neighbours: int = 40, matching: float = 1.0, candidates: str = "both",
@@ -113,7 +121,7 @@ class Captioner:
         to its score. What the run lacks is left out, with a note."""
         from captioning.inference import consensus
         from captioning.inference import matching as match
-        home = Path(self.run_dir[0] if isinstance(self.run_dir, (list, tuple)) else self.run_dir or ".")
+        home = self.run_dirs[0]
         if self._consensus is None:
             if not (home / consensus.FILE).is_file():
                 self.notes.append(f"{home} has no {consensus.FILE} (runs before version 0.3): the captions are beam "
@@ -134,7 +142,7 @@ class Captioner:
     def _cross_entropy_steps(self, home: Path) -> list:
         """The step model of ``cross_entropy.keras``, as a list of proposers (empty for an ensemble, whose
         members already widen the search, and for a run whose model.keras is the cross-entropy model)."""
-        if isinstance(self.run_dir, (list, tuple)):
+        if len(self.run_dirs) > 1:
             return []
         if self._proposers is None:
             self._proposers = []
@@ -148,21 +156,37 @@ class Captioner:
                                   "model.keras's captions alone; `captioning fit ... --resume` on the run adds it.")
         return self._proposers
 
+    def search(self, decoding="recommended"):
+        """The search object for ``decoding`` (a recipe's name, a dict, a ``Decoding``, or a search
+        object, used as it is), built once per recipe: re-ranking's caches live as long as the captioner."""
+        if not isinstance(decoding, (str, dict, Decoding)) and decoding is not None:
+            return decoding
+        recipe = get_decoding(decoding or "recommended")
+        if recipe not in self._searches:
+            self._searches[recipe] = recipe.search(self)
+        return self._searches[recipe]
+
     # --- from features -------------------------------------------------------------------------
-    def caption_features(self, features, strategy=None, max_length=None, batch_size: int = 256) -> list:
-        """Captions for feature vectors as stored by ``extract-features`` (N, D)."""
-        strategy = strategy or Greedy()
+    def caption_features(self, features, decoding="recommended", max_length=None, batch_size: int = 256,
+                         show_progress: bool = False) -> list:
+        """Captions for feature vectors as stored by ``extract-features`` (N, D); ``decoding`` as for
+        ``search``. ``show_progress``: a bar with rate and ETA, on a terminal only."""
+        from captioning.console import progress
+        search = self.search(decoding)
         max_length = max_length or self.decoder.max_length
         features = np.asarray(features, np.float32)
-        expected = tuple(self.features.feature_shape)
+        expected = tuple(self.feature_spec.feature_shape)
         if features.shape[1:] != expected:
             raise CaptioningError(f"features of shape {features.shape[1:]} given, but this run was trained on "
-                                  f"{expected} ({self.features.describe()}).")
+                                  f"{expected} ({self.feature_spec.describe()}).")
         out = []
-        for i in range(0, len(features), batch_size):
-            hyps = strategy(self.steps, features[i:i + batch_size], self.vocab.start_id, self.vocab.end_id,
-                            max_length)
-            out += to_captions(hyps, self.vocab)
+        with progress(total=len(features), desc="captioning", unit="img",
+                      disable=None if show_progress else True) as bar:
+            for i in range(0, len(features), batch_size):
+                hyps = search(self.steps, features[i:i + batch_size], self.vocab.start_id, self.vocab.end_id,
+                              max_length)
+                out += to_captions(hyps, self.vocab)
+                bar.update(len(hyps.tokens))
         return out
 
     # --- from pixels ---------------------------------------------------------------------------
@@ -171,9 +195,9 @@ class Captioner:
         """The CNN that made the training features, rebuilt from the run's record."""
         if self._backbone is None:
             from captioning.features.backbones import build_model, get_backbone, weights_for_spec
-            weights, seed = weights_for_spec(self.features, self._weights_override)
-            bb = get_backbone(self.features.backbone)
-            self._backbone = (bb, build_model(bb, weights, self.features.pooling, seed))
+            weights, seed = weights_for_spec(self.feature_spec, self._weights_override)
+            bb = get_backbone(self.feature_spec.backbone)
+            self._backbone = (bb, build_model(bb, weights, self.feature_spec.pooling, seed))
         return self._backbone
 
     def image_features(self, images) -> np.ndarray:
@@ -181,13 +205,13 @@ class Captioner:
         from captioning.features.backbones import embed
         from captioning.features.images import load_image
         bb, model = self.backbone
-        return embed(model, bb, [_named(load_image, im, bb.input_size) for im in images], self.features.pooling)
+        return embed(model, bb, [_named(load_image, im, bb.input_size) for im in images], self.feature_spec.pooling)
 
-    def caption(self, images, strategy=None, max_length=None) -> list:
+    def caption(self, images, decoding="recommended", max_length=None) -> list:
         """Captions for image paths or arrays (raises on an unreadable image)."""
-        return self.caption_features(self.image_features(images), strategy, max_length)
+        return self.caption_features(self.image_features(images), decoding, max_length)
 
-    def caption_files(self, paths, strategy=None, max_length=None, batch_size: int = 32,
+    def caption_files(self, paths, decoding="recommended", max_length=None, batch_size: int = 32,
                       show_progress: bool = False) -> list:
         """(path, Caption or the exception) per file: a bad file never stops the others. Images are
         decoded one batch at a time, so a folder of thousands of photos never sits in memory at once."""
@@ -204,7 +228,7 @@ class Captioner:
                 except ImageError as e:
                     outcome[i] = e
             if good:
-                caps = self.caption([a for _, a in good], strategy, max_length)
+                caps = self.caption([a for _, a in good], decoding, max_length)
                 outcome.update({i: c for (i, _), c in zip(good, caps)})
             results += [(p, outcome[i]) for i, p in enumerate(paths[start:start + batch_size])]
             bar.update(len(outcome))

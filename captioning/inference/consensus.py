@@ -5,7 +5,7 @@ Beam search ranks by the model's own probability, which favours safe, generic se
 images whose features are closest to the photo's (cosine, after standardising and a PCA to at most
 128 dimensions) say what such photos are usually called; each candidate is scored by its mean
 CIDEr-D against those images' references (document frequencies of the train references), and the
-best one is returned. On Flickr8k dev this lifted the default run's CIDEr by about 0.04 (README).
+best one is returned. On Flickr8k dev this lifted the default run's CIDEr by about 0.04 (docs/results.md).
 
 ``fit`` writes what this needs into the run folder as ``neighbours.h5``: the projected train
 features, the projection, and the cleaned train captions, so a run re-ranks months later without
@@ -130,22 +130,22 @@ class CandidateScores:
 
 @dataclasses.dataclass
 class ConsensusRerank:
-    """A decoding strategy: ``search`` (beam search) proposes, the neighbours' captions choose, with
+    """A search: ``search`` (beam search) proposes, the neighbours' captions choose, with
     the image–caption ``matcher`` (``matching.Matcher``) adding ``matching`` × its cosine when given.
 
     With the matcher, the ``retrieved`` train captions it puts closest to the photo (out of all the
     train captions, whichever image they describe) vote too, at half the neighbours' weight: the
     neighbours are found by image features alone, these by what the captions say; on dev this lifted
-    CIDEr by 0.008 on average over six runs (README).
+    CIDEr by 0.008 on average over six runs (docs/results.md).
 
     ``proposers`` are more step models whose beam search's finished captions join the candidates:
     the run's model before self-critical tuning (``cross_entropy.keras``) words photos differently
     from the tuned one, and choosing among both models' captions lifted dev CIDEr by about 0.01 on
-    each of three runs (README).
+    each of three runs (docs/results.md).
 
     ``likelihood`` × the log-probability that beam search gave each candidate is added last: the
     consensus and the matcher judge what a caption says, not whether the model finds it fluent, and
-    this term raised dev BLEU-4 by 0.003–0.005 on each of three runs at level CIDEr (README)."""
+    this term raised dev BLEU-4 by 0.003–0.005 on each of three runs at level CIDEr (docs/results.md)."""
 
     RETRIEVED_WEIGHT = 0.5
 
@@ -187,7 +187,7 @@ class ConsensusRerank:
 
     def _retrieved(self, features) -> np.ndarray:
         """(N, retrieved) rows of the train captions the matcher puts closest to each photo."""
-        if self._caption_vectors is None:  # every train caption once per strategy: ~3 s for Flickr8k
+        if self._caption_vectors is None:  # every train caption once per search object: ~3 s for Flickr8k
             ids = [self.vocab.encode(c, markers=False) for c in self.consensus.captions]
             self._caption_vectors = self.matcher.caption_vectors(ids)
         similarity = self.matcher.image_vectors(features) @ self._caption_vectors.T

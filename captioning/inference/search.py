@@ -1,4 +1,5 @@
-"""Decoding strategies over a ``StepModel``, in the style of keras-hub samplers.
+"""Searches over a ``StepModel`` (greedy, beam, sampling), in the style of keras-hub samplers; the
+recipes that choose among them by name are ``decoding``'s.
 
 ``Sampler`` owns the token loop (one model call per step for the live rows of the batch);
 ``Greedy`` and ``RandomSampler`` override only how the next token is chosen. ``BeamSearch`` keeps

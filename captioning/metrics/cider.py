@@ -156,14 +156,16 @@ class ReferenceIndex:
             use = found & (idf > 0)  # a gram in every image weighs nothing
             grams.append((cand[use], where[use], tf[use], idf[use]))
         norms = np.sqrt(squares)
-        total = sparse.csr_matrix((len(flat), len(all_rows)))
+        parts = []  # (candidate, row, dot / norms) of each order's products, summed once at the end
         for k, (cand, gram, tf, idf) in enumerate(grams):
-            dot = self._clipped_dot(k, cand_group[cand] * len(self.keys[k]) + gram, cand, tf, idf,
-                                    all_rows, row_group, len(flat)).tocoo()
-            c, r = dot.row, dot.col
-            total = total + sparse.csr_matrix((dot.data / (norms[c, k] * self.norms[all_rows[r], k]), (c, r)),
-                                              shape=total.shape)
-        total = total.tocoo()
+            for dot in self._clipped_dots(k, cand_group[cand] * len(self.keys[k]) + gram, cand, tf, idf,
+                                          all_rows, row_group, len(flat)):
+                dot = dot.tocoo()
+                c, r = dot.row, dot.col
+                parts.append((c, r, dot.data / (norms[c, k] * self.norms[all_rows[r], k])))
+        c, r, v = (np.concatenate([p[i] for p in parts] + [np.zeros(0)]) for i in range(3))
+        total = sparse.coo_matrix((v, (c.astype(np.int64), r.astype(np.int64))), shape=(len(flat), len(all_rows)))
+        total = total.tocsr().tocoo()  # duplicates (a pair's orders) summed
         c, r = total.row, total.col
         lengths = np.array([len(words) for words in flat], np.float64)
         penalty = np.exp(-((lengths[c] - self.lengths[all_rows[r]]) ** 2) / (2 * self.sigma ** 2))
@@ -172,10 +174,10 @@ class ReferenceIndex:
         combined = similarity @ np.concatenate(w) if w else np.zeros((0, 1))
         return np.split(np.asarray(combined), np.cumsum([len(c) for c in candidates])[:-1])
 
-    def _clipped_dot(self, k, cand_keys, cand, tf, idf, all_rows, row_group, candidates):
-        """(candidates × rows) Σ over shared grams of min(a·idf, b·idf)·b·idf, a and b the counts in
-        the candidate and the reference, as Σ_j (idf·[a ≥ j]) · (idf·b·[b ≥ j]): one product per j.
-        Grams are keyed by (group, gram), so a candidate meets only its own group's rows."""
+    def _clipped_dots(self, k, cand_keys, cand, tf, idf, all_rows, row_group, candidates) -> list:
+        """(candidates × rows) products whose sum is Σ over shared grams of min(a·idf, b·idf)·b·idf, a
+        and b the counts in the candidate and the reference: Σ_j (idf·[a ≥ j]) · (idf·b·[b ≥ j]), one
+        product per j. Grams are keyed by (group, gram), so a candidate meets only its group's rows."""
         sparse = self._sparse
         columns = np.unique(cand_keys)
         refs, refs_tf = self.matrix[k][all_rows], self.tf[k][all_rows]
@@ -184,13 +186,13 @@ class ReferenceIndex:
         where, shared = _lookup(columns, ref_keys)
         shared &= refs.data > 0
         cand_col = np.searchsorted(columns, cand_keys)
-        dot = sparse.csr_matrix((candidates, len(all_rows)))
+        dots = []
         for j in range(1, int(tf.max(initial=0)) + 1):
             hit, keep = tf >= j, shared & (refs_tf.data >= j)
             h = sparse.csr_matrix((idf[hit], (cand[hit], cand_col[hit])), shape=(candidates, len(columns)))
             r = sparse.csr_matrix((refs.data[keep], (ref_row[keep], where[keep])), shape=(len(all_rows), len(columns)))
-            dot = dot + h @ r.T
-        return dot
+            dots.append(h @ r.T)
+        return dots
 
     def _unknown_squares(self, candidates) -> np.ndarray:
         """Squared norms of the n-grams that hold a word the corpus never uses: not in any reference

@@ -1,5 +1,8 @@
 """Stage 2: decoders trained on cached features (``fit``), written to a run folder."""
 
-from captioning.training.fit import FitOptions, FitPlan, FitResult, export, fit, plan, train, tune
+from captioning.lazy import exports
 
-__all__ = ["FitOptions", "FitPlan", "FitResult", "fit", "plan", "train", "tune", "export"]
+__getattr__, __dir__, __all__ = exports(__name__, {
+    **{n: "captioning.training.fitting" for n in ("FitPlan", "FitResult", "fit", "plan", "train", "tune", "export")},
+    "FitOptions": "captioning.training.options",
+})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from captioning import decoders
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.decoders.steps import WithoutTokens
 from captioning.metrics.bleu import bleu_scores
 from captioning.inference.search import Greedy

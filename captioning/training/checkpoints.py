@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from captioning import atomic
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.errors import CaptioningError
 
 keras = import_keras()

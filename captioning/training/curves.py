@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from captioning.evaluation.figures import save
+from captioning.figures import save
 
 
 def plot_history(rows: list, out_png, title: str = "Training curves") -> Path:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from captioning.console import count, import_keras, progress
+from captioning.backend import import_keras
+from captioning.console import count, progress
 from captioning.inference import matching
 from captioning.inference.consensus import pooled
 from captioning.run import save_model
@@ -20,7 +21,7 @@ keras = import_keras()
 ops = keras.ops
 
 BATCH = 128
-EPOCHS = 60  # passes over the train images; 30 or 100 did no better on Flickr8k dev (README)
+EPOCHS = 60  # passes over the train images; 30 or 100 did no better on Flickr8k dev (docs/experiments.md)
 
 
 class ContrastiveLogits(keras.layers.Layer):

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from captioning import atomic, decoders
-from captioning.console import count, import_keras, progress
+from captioning.backend import import_keras
+from captioning.console import count, progress
 from captioning.decoders.steps import WithoutTokens
 from captioning.metrics.cider import CiderD
 from captioning.inference.search import Greedy, RandomSampler

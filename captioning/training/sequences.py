@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from captioning.console import import_keras
+from captioning.backend import import_keras
 from captioning.data.text import tokenize
 
 keras = import_keras()

@@ -1,23 +1,24 @@
 """``fit``: learn to caption from cached features, into a self-contained run folder.
 
-Three steps a reader can follow: ``plan`` (read the data and the store, check that they belong
+Four steps a reader can follow: ``plan`` (read the data and the store, check that they belong
 together, build the vocabulary and the decoder's configuration), ``train`` (Keras ``fit`` with
-crash-safe checkpoints) and ``export`` (the next-word ``model.keras``, curves and results).
+crash-safe checkpoints), ``tune`` (self-critical epochs on CIDEr-D) and ``export`` (the next-word
+``model.keras``, the re-ranking files, curves and results). The options: ``training.options``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from captioning import atomic, console, decoders
-from captioning.console import count, import_keras
+from captioning import atomic, decoders
+from captioning.backend import import_keras, set_random_seed
+from captioning.console import count
 from captioning.data import Vocabulary, load_captions, max_caption_length, tokenize
 from captioning.data.text import CleaningOptions
 from captioning.decoders import DecoderConfig, caption_loss
@@ -27,67 +28,12 @@ from captioning.lock import WriterLock
 from captioning.run import CROSS_ENTROPY_FILE, Run, load_model, save_model
 from captioning.training.checkpoints import RunCheckpoints, read_state, recorded_rows, write_csv
 from captioning.training.curves import plot_history
-from captioning.distribute import CHOICES as DISTRIBUTE, Placement, feed, place, prepare, release
+from captioning.distribute import Placement, feed, place, prepare, release
 from captioning.training import matching
+from captioning.training.options import DEFAULT_EPOCHS, FitOptions
 from captioning.training.sequences import CaptionSequence, EncodedCaptions, PairSequence
 
 keras = import_keras()
-
-
-MONITORS = ("val_loss", "val_bleu4")
-
-
-DEFAULT_EPOCHS = 20
-
-
-@dataclasses.dataclass
-class FitOptions:
-    # Defaults tuned on Flickr8k dev with real ImageNet features (README, "Results on Flickr8k"):
-    # init-inject beat merge by 0.02 BLEU-4; 512-wide layers, 16 images per batch and words seen
-    # at least 5 times beat the tutorials' 256 / 64 / 1.
-    decoder: str = "init-inject"
-    epochs: int | None = None  # None: DEFAULT_EPOCHS for a new run; when resuming, the run's own
-    batch_size: int = 16  # images per batch on each replica (device); one step takes batch_size × replicas
-    embed_dim: int = 512
-    units: int = 512
-    dropout: float = 0.5
-    rnn: str = "lstm"
-    bidirectional: bool = False
-    tie_embeddings: bool | None = None  # None: the decoder's own default (tied: init-inject, inject)
-    learning_rate: float = 1e-3
-    min_count: int = 5
-    max_length_percentile: float | None = 99.9  # longer captions are cut (a stray 10,000-word line costs 36×)
-    patience: int = 5
-    seed: int = 0
-    pairs: bool = False  # train on partial-caption pairs instead of the fast path
-    on_missing: str = "skip"  # captioned images absent from the feature store
-    attention_dim: int = 256  # attention decoder only
-    doubly_stochastic: float = 0.02  # attention decoder only: λ
-    monitor: str = "val_loss"  # what early stopping and the best checkpoint follow: val_loss or val_bleu4
-    distribute: str = "auto"  # none, mirrored, multi-worker; auto: every GPU when there are several
-    self_critical_epochs: int = 1  # CIDEr-D fine-tuning after the cross-entropy epochs (causal decoders)
-    self_critical_learning_rate: float = 5e-5
-    cleaning: dict = dataclasses.field(default_factory=dict)
-
-    def validate(self) -> "FitOptions":
-        checks = [(self.epochs is None or self.epochs >= 1, "--epochs", "at least 1"),
-                  (self.batch_size >= 1, "--batch-size", "at least 1"),
-                  (self.learning_rate > 0 and math.isfinite(self.learning_rate), "--learning-rate", "> 0"),
-                  (self.min_count >= 1, "--min-count", "at least 1"),
-                  (self.max_length_percentile is None or 0 < self.max_length_percentile <= 100,
-                   "--max-length-percentile", "in (0, 100]"),
-                  (self.patience >= 1, "--patience", "at least 1"),
-                  (self.on_missing in ("skip", "error"), "--on-missing", "skip or error"),
-                  (self.monitor in MONITORS, "--monitor", " or ".join(MONITORS)),
-                  (self.distribute in DISTRIBUTE, "--distribute", ", ".join(DISTRIBUTE)),
-                  (self.self_critical_epochs >= 0, "--self-critical-epochs", "at least 0"),
-                  (self.self_critical_learning_rate > 0 and math.isfinite(self.self_critical_learning_rate),
-                   "--self-critical-learning-rate", "> 0")]
-        for ok, name, allowed in checks:
-            if not ok:
-                raise UsageError(f"{name} must be {allowed}; got {getattr(self, name[2:].replace('-', '_'))!r}")
-        decoders.get(self.decoder)
-        return self
 
 
 @dataclasses.dataclass
@@ -272,7 +218,7 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
     store = FeatureStore.open(features)
     spec = store.spec
     if saved is not None:
-        saved.features.require_compatible(spec, f"the features run {out} was trained on", str(features))
+        saved.feature_spec.require_compatible(spec, f"the features run {out} was trained on", str(features))
     decoder = decoders.get(options.decoder)
     if decoder.needs_spatial != spec.spatial:
         want = "the convolutional grid (extract with --spatial)" if decoder.needs_spatial else \
@@ -364,7 +310,7 @@ def _compiled_model(p: FitPlan):
 
 def train(p: FitPlan, verbose="auto"):
     """Keras ``fit`` from epoch 0, or from the last complete epoch when resuming; returns the model."""
-    console.set_random_seed(p.options.seed)
+    set_random_seed(p.options.seed)
     seqs = p.sequences()
     initial_epoch, state = 0, None
     for folder in (p.out, p.checkpoints):  # a kill mid-write leaves a temporary file; fit holds the lock

@@ -1,0 +1,64 @@
+"""``merge_features``: the stores of a sharded extraction joined into one, block by block."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from captioning.errors import CaptioningError
+from captioning.features.store import FeatureStore
+from captioning.features.writer import FeatureStoreWriter
+
+
+def merge_features(out, parts, overwrite: bool = False, block: int = 1024):
+    """Join the stores of a sharded extraction into ``out``.
+
+    Every part must come from the same network (the identity rule of ``FeatureSpec``); an image in
+    several parts is kept once; shards named ``K/N`` in the parts' records but absent are reported.
+    Returns the merged ``FeatureStore`` and a list of notes."""
+    from captioning.features.spec import FeatureSpec
+    if not parts:
+        raise CaptioningError("merge-features needs at least one part store")
+    stores = [FeatureStore(p) for p in parts]
+    first = stores[0]
+    for other in stores[1:]:
+        diff = first.spec.differences(other.spec, (str(first.path), str(other.path)))
+        if diff:
+            raise CaptioningError(f"{other.path} was made differently from {first.path} ({'; '.join(diff)}): "
+                                  "features of different networks cannot be merged.")
+    notes, seen, duplicates = [], set(), 0
+    shards = {str(s.attrs.get("shard") or "") for s in stores} - {""}
+    if shards:
+        total = {int(x.split("/")[1]) for x in shards}
+        have = {int(x.split("/")[0]) for x in shards}
+        missing = sorted(set(range(1, max(total) + 1)) - have)
+        if len(total) > 1:
+            notes.append(f"the parts come from different shardings ({', '.join(sorted(shards))}).")
+        if missing:
+            notes.append(f"shards {', '.join(f'{k}/{max(total)}' for k in missing)} are missing: their images "
+                         "are not in the merged store.")
+    incomplete = [str(s.path) for s in stores if not s.attrs.get("completed")]
+    if incomplete:
+        notes.append(f"{len(incomplete)} parts are incomplete (their extraction did not finish): "
+                     f"{', '.join(incomplete[:3])}.")
+    attrs = {k: v for k, v in first.attrs.items() if k not in ("completed", "n_images", "shard")}
+    attrs["merged_from"] = [str(Path(p).resolve()) for p in parts]
+    FeatureSpec.from_dict(attrs)  # a readable description, or a clear error
+    writer = FeatureStoreWriter(out, attrs, overwrite=overwrite)
+    try:
+        for s in stores:
+            for i in range(0, len(s), block):
+                ids = s.ids[i:i + block]
+                keep = [j for j, image in enumerate(ids) if image not in seen and image not in writer.done]
+                duplicates += len(ids) - len(keep)
+                seen.update(ids)
+                if keep:
+                    writer.write_batch([ids[j] for j in keep], s.rows(np.arange(i, i + len(ids))[keep]))
+            writer.write_batch([], np.zeros((0, *s.feature_shape), attrs["dtype"]), list(s.failed.items()))
+    finally:
+        for s in stores:
+            s.close()
+    if duplicates:
+        notes.append(f"{duplicates} images were in more than one part: kept once.")
+    return writer.finalize(completed=not incomplete and not any("missing" in n for n in notes)), notes

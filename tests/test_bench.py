@@ -1,0 +1,80 @@
+"""The benchmark scripts keep working: each answers ``--help`` in a fresh process, and the ones a
+user runs most make a tiny run on the sample set (the rest, marked slow, too). Their figures are for
+docs/benchmarks.md, not asserted here; what is asserted is that they run and print their table."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py"))
+
+
+def _run(*args, cwd=None, timeout=600):
+    done = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    return done.stdout
+
+
+def test_every_script_is_covered():
+    assert len(SCRIPTS) >= 10 and "decode.py" in SCRIPTS
+
+
+_HELP = """
+import contextlib, io, runpy, sys
+for script in sys.argv[1:]:
+    sys.argv = [script, "--help"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit:
+            pass
+    print(script, "usage:" in out.getvalue())
+"""
+
+
+def test_each_script_answers_help():
+    """All in one process (each script imports Keras: once is enough)."""
+    out = _run("-c", _HELP, *(BENCH / s for s in SCRIPTS), timeout=300)
+    answered = {line.rsplit(" ", 1)[0]: line.endswith("True") for line in out.splitlines() if line.startswith("/")}
+    assert answered == {str(BENCH / s): True for s in SCRIPTS}, out[-2000:]
+
+
+def test_decode_prints_each_recipe_and_the_ratio(learnable):
+    out = _run(BENCH / "decode.py", "--run", learnable["run"], "--captions", learnable["data"], "--features",
+               learnable["features"], "--images", "24", "--notebook-images", "1")
+    for row in ("(b) greedy", "(c) beam 16, model.keras", "(e) the recommended decoding"):
+        assert row in out
+    assert "× the throughput of beam 16 without re-ranking" in out
+
+
+@pytest.mark.slow
+def test_quality_trains_and_scores_on_a_small_set(learnable, tmp_path):
+    out = _run(BENCH / "quality.py", "--captions", learnable["data"], "--features", learnable["features"],
+               "--decoders", "merge", "--out", tmp_path / "q", "--beam", "3", "--set", "epochs=1",
+               "--set", "units=8", "--set", "embed_dim=8", "--set", "min_count=1", "--set", "self_critical_epochs=0")
+    assert "| merge | greedy |" in out and "re-ranking" in out
+
+
+@pytest.mark.slow
+def test_attention_runs_on_a_small_sample(tmp_path):
+    out = _run(BENCH / "attention.py", "--images", "30", "--epochs", "1", "--backbone", "efficientnet_b0")
+    assert "attention side rate" in out
+
+
+@pytest.mark.slow
+def test_extract_runs_on_generated_scenes():
+    out = _run(BENCH / "extract.py", "--generated", "--backbone", "efficientnet_b0", "--limit", "8",
+               "--batch-size", "4")
+    assert "images/s" in out
+
+
+@pytest.mark.slow
+def test_self_critical_runs_one_variant(learnable, tmp_path):
+    out = _run(BENCH / "self_critical.py", "--run", learnable["run"], "--name", "smoke", "--captions",
+               learnable["data"], "--features", learnable["features"], cwd=tmp_path)
+    assert "| smoke | 1 |" in out
