@@ -9,7 +9,7 @@ recommended one and its defaults live in one place:
 - ``recommended`` (the default everywhere): beam search of width 16 over the run's model and its
   model before self-critical tuning, re-ranked by the 40 nearest train images' consensus, the
   image–caption matcher and a little of beam search's own log-probability (docs/results.md).
-- ``beam``: the same beam search, not re-ranked (about twice as fast);
+- ``beam``: the same beam search, not re-ranked (about three times as fast);
 - ``greedy``: the likeliest word at each step (fastest);
 - ``sample``: random sampling (``temperature``, ``top_k``, ``seed``).
 """
