@@ -125,6 +125,19 @@ def test_weights_option_for_features_without_a_weights_file(tmp_path):
     assert weights_for_spec(imagenet, override=str(tmp_path / "w.h5")) == (str(tmp_path / "w.h5"), 0)
 
 
+def test_a_foreign_store_without_the_files_hash_uses_the_given_file_with_a_note(tmp_path):
+    """Stores written by other tools or early versions name a weights file without its sha256: the
+    file is used as given (recorded path or --weights), and a note says its content was not checked."""
+    from captioning.features.backbones import weights_for_spec
+    from captioning.features.spec import FeatureSpec
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"any")
+    foreign = FeatureSpec("mobilenet_v2", "file:w.h5", "avg", 224, (1280,))
+    notes = []
+    assert weights_for_spec(foreign, override=str(weights), notes=notes) == (str(weights), 0)
+    assert len(notes) == 1 and "no sha256" in notes[0] and str(weights) in notes[0]
+
+
 def test_random_init_identity_includes_the_backend_and_older_stores_still_match():
     from captioning.features.spec import FeatureSpec
     def spec(weights):

@@ -11,6 +11,7 @@ from captioning.cli.common import add_run_option, figure_path, image_files, rang
 from captioning.errors import UsageError
 
 EXIT_OK, EXIT_PARTIAL = 0, 3
+MAX_LENGTH = 1000  # tokens: far beyond any caption, and a bound on the steps a never-ending one costs
 
 
 def decoding(a):
@@ -28,6 +29,15 @@ def decoding(a):
                              "leave out --rerank (or give --no-rerank)")
         recipe = decoding.get(recipe, rerank=0)  # the maps belong to beam search's own choice
     return recipe
+
+
+def tsv_field(path) -> str:
+    """A file name as one TSV field: a tab or a line break in it (legal on Linux) would split the line,
+    so they are escaped as \\t, \\n and \\r (and a backslash as \\\\), as --json escapes them."""
+    text = str(path)
+    if not any(c in text for c in "\\\t\n\r"):
+        return text
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def caption(a):
@@ -50,7 +60,7 @@ def caption(a):
         elif a.json:
             print(json.dumps({"image": str(path), "caption": res.text, "log_prob": res.log_prob}))
         else:
-            print(f"{path}\t{res.text}")
+            print(f"{tsv_field(path)}\t{res.text}")
     sys.stdout.flush()
     good = [(p, r) for p, r in results if not isinstance(r, Exception)]
     empty = empty_captions_note([r for _, r in good], a.run if len(a.run) > 1 else a.run[0])
@@ -127,7 +137,9 @@ def add_commands(add):
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
     add_run_option(p)
     p.add_argument("--weights", metavar="PATH", help="the backbone's weights file, if the recorded one has moved")
-    p.add_argument("--max-length", type=ranged(int, 2), default=None, help="default: the run's")
+    p.add_argument("--max-length", type=ranged(int, 2, MAX_LENGTH), default=None, metavar="N",
+                   help=f"the most tokens a caption may have, start and end included (default: the run's; at most "
+                        f"{MAX_LENGTH}: a caption that never ends costs one decoder step per token)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--attention-figure", metavar="OUT.png", type=figure_path,
                    help="attention runs: per-word attention maps (one file per image when several)")

@@ -83,11 +83,13 @@ def describe_weights(weights, seed: int = 0) -> dict:
             "weights_sha256": sha}
 
 
-def weights_for_spec(spec, override=None):
+def weights_for_spec(spec, override=None, notes: list | None = None):
     """(weights, seed) that rebuild the network a ``FeatureSpec`` describes.
 
     A weights file is taken from ``override`` when given, else from the recorded path; either
-    way its content must match the recorded hash, or the features would come from another network."""
+    way its content must match the recorded hash, or the features would come from another network.
+    A store that records no hash (another tool's, an early version's) gets the file as given, and a
+    line in ``notes`` saying so."""
     record = spec.weights
     if record.startswith("none"):
         if override:  # ignoring it would hide that the features come from no weights file at all
@@ -104,11 +106,18 @@ def weights_for_spec(spec, override=None):
     if not record.startswith("file:"):
         return (str(override), 0) if override else (record, 0)  # offline: the ImageNet file, downloaded by hand
     candidate = override or spec.weights_path
-    expected = spec.weights_sha256 or re.search(r"sha256:([0-9a-f]+)", record).group(1)
+    recorded = re.search(r"sha256:([0-9a-f]+)", record)
+    expected = spec.weights_sha256 or (recorded.group(1) if recorded else None)
     if not candidate or not Path(candidate).is_file():
         where = f" It was at {spec.weights_path}, which is gone." if spec.weights_path else ""
         raise CaptioningError(f"these features came from the weights file {record}.{where} Pass its path with "
                               "--weights PATH (Captioner.load(run, weights=PATH)).")
+    if expected is None:  # a store written by another tool or an early version: nothing to check against
+        if notes is not None:
+            notes.append(f"the feature store records the weights file {record} but not its content (no sha256, "
+                         f"as stores of other tools and early versions): {candidate} is used as given; if it is "
+                         "not the file the features came from, the captions will be meaningless.")
+        return str(candidate), 0
     if not file_sha256(candidate).startswith(expected):
         raise CaptioningError(f"{candidate} is not the weights file the features came from ({record}): its "
                               "content differs. Pass the original file with --weights PATH.")

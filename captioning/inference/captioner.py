@@ -195,7 +195,7 @@ class Captioner:
         """The CNN that made the training features, rebuilt from the run's record."""
         if self._backbone is None:
             from captioning.features.backbones import build_model, get_backbone, weights_for_spec
-            weights, seed = weights_for_spec(self.feature_spec, self._weights_override)
+            weights, seed = weights_for_spec(self.feature_spec, self._weights_override, self.notes)
             bb = get_backbone(self.feature_spec.backbone)
             self._backbone = (bb, build_model(bb, weights, self.feature_spec.pooling, seed))
         return self._backbone

@@ -47,14 +47,15 @@ class Sampler:
         n, steps_max = len(features), max_length - 1  # the start token counts towards max_length
         live = np.arange(n)
         tokens = np.full(n, start_id, np.int32)
-        out = np.zeros((n, steps_max), np.int32)
+        columns = []  # one per step taken: memory grows with the captions, not with max_length
         length, logp, done = np.zeros(n, np.int64), np.zeros(n), np.zeros(n, bool)
         extras = [None] * n
         rng = self._rng()
         for t in range(steps_max):
             nxt, chosen, state = self.advance(steps, tokens, state, rng)
             logp[live] += chosen
-            out[live, t], length[live] = nxt, t + 1
+            columns.append(np.zeros(n, np.int32))
+            columns[-1][live], length[live] = nxt, t + 1
             ended = nxt == end_id
             done[live[ended]] = True
             leaving = ended if t < steps_max - 1 else np.ones_like(ended)
@@ -68,6 +69,7 @@ class Sampler:
                 keep = ~ended
                 state, live, nxt = [s[keep] for s in state], live[keep], nxt[keep]
             tokens = nxt
+        out = np.stack(columns, axis=1) if columns else np.zeros((n, 0), np.int32)
         return Hypotheses([out[i, : length[i]].tolist() for i in range(n)], [float(x) for x in logp],
                           [bool(d) for d in done], extras if extras[0] is not None else [])
 
