@@ -58,6 +58,15 @@ def test_punctuation_only_captions_are_skipped_and_noted(base, capsys, tmp_path)
                                                           for n, line in enumerate(lines)])
     code, out, _ = cli(capsys, "fit", "--captions", data, "--features", base["store"], "--out", tmp_path / "r", *TINY)
     assert code == 0 and "have no words after cleaning" in out
+    code, out, _ = cli(capsys, "info", data)  # info counts what fit trains on, and says what it left out
+    total = len((data / "Flickr8k.token.txt").read_text().splitlines())
+    assert code == 0 and f"{(total + 4) // 5} captions have no words after cleaning" in out
+
+
+def test_info_says_when_no_caption_has_a_word(base, capsys, tmp_path):
+    data = _renamed_sample(base, tmp_path, lambda lines: [line.split("\t")[0] + "\t..." for line in lines])
+    code, out, _ = cli(capsys, "info", data)
+    assert code == 0 and "no caption has a word left after cleaning" in out and "fit` refuses" in out
 
 
 def test_a_data_set_with_no_usable_caption_does_not_train(base, capsys, tmp_path):

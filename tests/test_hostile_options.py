@@ -14,7 +14,7 @@ FIT_BAD = [("--epochs", "0"), ("--epochs", "-3"), ("--epochs", "abc"), ("--batch
            ("--learning-rate", "0"), ("--learning-rate", "-1e-3"), ("--max-length-percentile", "101"),
            ("--max-length-percentile", "0"), ("--min-count", "0"), ("--patience", "0"), ("--attention-dim", "0"),
            ("--doubly-stochastic", "-1"), ("--doubly-stochastic", "inf"), ("--learning-rate", "inf"),
-           ("--decoder", "transformer"), ("--monitor", "accuracy")]
+           ("--decoder", "transformer"), ("--monitor", "accuracy"), ("--seed", "-1"), ("--seed", "4294967296")]
 
 
 @pytest.mark.parametrize("option,value", FIT_BAD)
@@ -34,7 +34,8 @@ def test_a_range_open_at_the_top_is_said_plainly(capsys, tmp_path):
 CAPTION_BAD = [("--beam", "-1"), ("--max-length", "1"), ("--temperature", "0"), ("--temperature", "-2"),
                ("--top-k", "-1"), ("--length-penalty", "-1"), ("--length-penalty", "inf"), ("--temperature", "inf"),
                ("--matching", "-1"), ("--matching", "inf"), ("--matching", "nan"),
-               ("--likelihood", "-0.1"), ("--likelihood", "inf")]
+               ("--likelihood", "-0.1"), ("--likelihood", "inf"), ("--seed", "-1"), ("--seed", "4294967296"),
+               ("--max-length", "1001")]
 
 
 @pytest.mark.parametrize("option,value", CAPTION_BAD)
@@ -49,7 +50,9 @@ def test_caption_option_out_of_range_is_a_usage_error(capsys, tmp_path, option, 
     ("extract-features", "--workers", "-1"), ("extract-features", "--shard", "4/3"),
     ("extract-features", "--shard", "half"), ("extract-features", "--backbone", "resnet5"),
     ("demo", "--scenes", "0"), ("demo", "--scenes", "-5"), ("demo", "--images", "2"), ("demo", "--epochs", "0"),
-    ("demo", "--backbone", "nonsense"), ("make-sample", "--scenes", "2"), ("info", "--min-count", "0")])
+    ("demo", "--backbone", "nonsense"), ("make-sample", "--scenes", "2"), ("info", "--min-count", "0"),
+    ("make-sample", "--seed", "-1"), ("make-sample", "--seed", "4294967296"), ("extract-features", "--seed", "-1"),
+    ("evaluate", "--seed", "4294967296")])
 def test_other_options_out_of_range_are_usage_errors(capsys, tmp_path, command, option, value):
     args = {"evaluate": ["evaluate", "--run", tmp_path, "--captions", tmp_path, "--features", tmp_path / "f.h5"],
             "extract-features": ["extract-features", tmp_path, "--backbone", "resnet50"],

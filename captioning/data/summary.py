@@ -44,24 +44,40 @@ class DatasetSummary:
         return "\n".join(lines)
 
 
+def drop_wordless(table, cleaning: CleaningOptions, notes: list, what: str = ""):
+    """The captions that clean to no word at all (punctuation only) teach nothing and score nothing:
+    dropped, and a note says how many (``fit`` and ``info`` alike)."""
+    empty = table["caption"].map(lambda c: not tokenize(c, cleaning))
+    if empty.any():
+        notes.append(f"{int(empty.sum())} {what + ' ' if what else ''}captions have no words after cleaning "
+                     f"(e.g. {table['caption'][empty].iloc[0]!r}): skipped.")
+        table = table[~empty]
+    return table
+
+
 def summarize(dataset: CaptionDataset, min_count: int = 5,
               cleaning: CleaningOptions = CleaningOptions()) -> DatasetSummary:
-    t = dataset.table
+    notes = list(dataset.notes)
+    t = drop_wordless(dataset.table, cleaning, notes)
+    if t.empty:
+        notes.append("no caption has a word left after cleaning: check the captions file (are the captions in the "
+                     "expected column?); `captioning fit` refuses a data set like this.")
+        t = dataset.table.iloc[:0]
     per_split = {s: (t.loc[t.split == s, "image"].nunique(), int((t.split == s).sum())) for s in SPLITS}
     tokens = [tokenize(c, cleaning) for c in t["caption"]]
     train_tokens = [tok for tok, s in zip(tokens, t["split"]) if s == "train"] or tokens
     vocab = Vocabulary.build(train_tokens, min_count, cleaning)
-    lengths = np.array([len(x) for x in tokens])
+    lengths = np.array([len(x) for x in tokens] or [0])
     root = dataset.images_root
     on_disk = set()
     if root.is_dir():
         on_disk = {str(p.relative_to(root).as_posix()) for p in root.rglob("*")
                    if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
-    captioned = set(t["image"])
+    captioned = set(dataset.table["image"])
     return DatasetSummary(
         format=dataset.format, source=dataset.source, images_root=root, per_split=per_split,
         unsplit_images=t.loc[t.split == "", "image"].nunique(), vocabulary_size=len(vocab),
         min_count=min_count,
         length_percentiles={p: float(np.percentile(lengths, p)) for p in (50, 90, 95, 99, 100)},
         missing_on_disk=sorted(captioned - on_disk), never_captioned=sorted(on_disk - captioned),
-        notes=list(dataset.notes))
+        notes=notes)

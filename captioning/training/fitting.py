@@ -20,6 +20,7 @@ from captioning import atomic, decoders
 from captioning.backend import import_keras, set_random_seed
 from captioning.console import count
 from captioning.data import Vocabulary, load_captions, max_caption_length, tokenize
+from captioning.data.summary import drop_wordless
 from captioning.data.text import CleaningOptions
 from captioning.decoders import DecoderConfig, caption_loss
 from captioning.errors import CaptioningError, UsageError
@@ -145,12 +146,8 @@ def _check_store(store: FeatureStore, table, split: str, on_missing: str, notes:
 
 
 def _usable(table, split: str, cleaning, notes: list):
-    """Captions that clean to no word at all (punctuation only) teach nothing: dropped, and said so."""
-    empty = table["caption"].map(lambda c: not tokenize(c, cleaning))
-    if empty.any():
-        notes.append(f"{int(empty.sum())} {split} captions have no words after cleaning "
-                     f"(e.g. {table['caption'][empty].iloc[0]!r}): skipped.")
-        table = table[~empty]
+    """The split's captions that have a word after cleaning, or a clear error when none has."""
+    table = drop_wordless(table, cleaning, notes, split)
     if table.empty:
         raise CaptioningError(f"no {split} caption has a word left after cleaning; check the captions file "
                               "(are the captions in the expected column?).")
