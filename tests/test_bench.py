@@ -1,6 +1,7 @@
-"""The benchmark scripts keep working: each answers ``--help`` in a fresh process, and the ones a
-user runs most make a tiny run on the sample set (the rest, marked slow, too). Their figures are for
-docs/benchmarks.md, not asserted here; what is asserted is that they run and print their table."""
+"""The benchmark scripts keep working: each answers ``--help`` (all in one fresh process), decode.py
+makes a tiny run on the sample set in the default test run, and every other script that can run
+without the ImageNet classifier's weights does in the slow set (``pytest -m slow``). Their figures
+are for docs/benchmarks.md, not asserted here; what is asserted is that they run and print."""
 
 import subprocess
 import sys
@@ -78,3 +79,28 @@ def test_self_critical_runs_one_variant(learnable, tmp_path):
     out = _run(BENCH / "self_critical.py", "--run", learnable["run"], "--name", "smoke", "--captions",
                learnable["data"], "--features", learnable["features"], cwd=tmp_path)
     assert "| smoke | 1 |" in out
+
+
+@pytest.mark.slow
+def test_fit_runs_three_ways_on_a_few_images(learnable):
+    out = _run(BENCH / "fit.py", "--captions", learnable["data"], "--train-images", "20", "--dev-images", "10",
+               "--repeats", "1")
+    assert "(c)" in out
+
+
+@pytest.mark.slow
+def test_scaling_runs_on_two_logical_devices(learnable, tmp_path):
+    out = _run(BENCH / "scaling.py", "--captions", learnable["data"], "--features", learnable["features"],
+               "--out", tmp_path / "s")
+    assert "efficiency" in out
+
+
+@pytest.mark.slow
+def test_compiles_runs_under_jax(learnable):
+    out = _run(BENCH / "compiles.py", "--run", learnable["run"], "--features", learnable["features"],
+               "--images", "16")
+    assert "greedy" in out
+
+
+# rerank_variants.py and imagenet_posteriors.py need the ImageNet classifier's weights file, which
+# tests cannot have: they are covered by --help above.
