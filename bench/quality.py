@@ -108,20 +108,20 @@ def main():
           f"settings: FitOptions defaults{', ' + ', '.join(a.set) if a.set else ''}\n")
     print("| decoder | decoding | " + " | ".join(METRICS) + " | training s |")
     print("|---" * (len(METRICS) + 3) + "|")
-    for decoder, strategy, m, seconds in rows:
-        how = "greedy" if strategy["strategy"] == "greedy" else f"beam {strategy['k']} (α {strategy['alpha']})"
-        if "rerank" in strategy:
-            how += f" + re-ranking ({strategy['neighbours']} neighbours" + (
-                f", matching {strategy['matching']:g}" if "matching" in strategy else "") + (
-                f", likelihood {strategy['likelihood']:g})" if "likelihood" in strategy else ")")
-            how += ", both models' captions" if strategy.get("candidates") == "both" else ""
+    for decoder, settings, m, seconds in rows:
+        how = "greedy" if settings["search"] == "greedy" else f"beam {settings['k']} (α {settings['alpha']})"
+        if "rerank" in settings:
+            how += f" + re-ranking ({settings['neighbours']} neighbours" + (
+                f", matching {settings['matching']:g}" if "matching" in settings else "") + (
+                f", likelihood {settings['likelihood']:g})" if "likelihood" in settings else ")")
+            how += ", both models' captions" if settings.get("candidates") == "both" else ""
         cells = " | ".join("n/a" if m.get(k) is None else f"{m[k]:.3f}" for k in METRICS)
         print(f"| {decoder} | {how} | {cells} | {'' if seconds is None else f'{seconds:.0f}'} |")
     print("\nPublished anchors (Flickr8k **test** split): " + "; ".join(
         f"{name}: BLEU-4 {b4}" + (f", METEOR {me}" if me else "") + (f", CIDEr {ci}" if ci else "")
         for name, b4, me, ci in ANCHORS))
     (Path(a.out) / "quality.json").write_text(json.dumps(
-        [{"decoder": d, "strategy": s, "metrics": m, "training_seconds": t} for d, s, m, t in rows], indent=1))
+        [{"decoder": d, "settings": s, "metrics": m, "training_seconds": t} for d, s, m, t in rows], indent=1))
 
 
 if __name__ == "__main__":

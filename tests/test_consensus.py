@@ -38,7 +38,7 @@ class _Beam:
         self.alternatives = alternatives
 
     def describe(self):
-        return {"strategy": "beam", "k": 3}
+        return {"search": "beam", "k": 3}
 
     def __call__(self, steps, features, start_id, end_id, max_length):
         return Hypotheses([a[0][0] for a in self.alternatives], [a[0][1] for a in self.alternatives],
@@ -55,7 +55,7 @@ def test_the_caption_the_neighbours_agree_with_wins(tmp_path):
     hyps = rerank(None, features[[0, 20]], vocab.start_id, vocab.end_id, 10)
     assert [vocab.decode(t) for t in hyps.tokens] == [["a", "red", "ball", "on", "grass"], ["a", "dog", "runs", "on", "grass"]]
     assert hyps.log_probs == [-2.0, -1.0]
-    assert rerank.describe() == {"strategy": "beam", "k": 3, "rerank": "consensus", "neighbours": 5, "likelihood": 0.02}
+    assert rerank.describe() == {"search": "beam", "k": 3, "rerank": "consensus", "neighbours": 5, "likelihood": 0.02}
 
 
 def test_of_captions_the_neighbours_rate_alike_the_likelier_wins(tmp_path):

@@ -52,3 +52,13 @@ def test_a_huge_max_length_is_refused_and_a_long_one_costs_what_is_written(base,
         code, out, _ = cli(capsys, "caption", image, "--run", base["run"], how, "--max-length", "1000")
         assert code == 0 and out.strip()
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB
+
+
+def test_a_batch_size_beyond_the_images_costs_memory_for_the_images(base, capsys, tmp_path):
+    """--limit 8 --batch-size 100000 once padded every batch to 100,000 images (56 GiB)."""
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code, out, _ = cli(capsys, "extract-features", base["data"] / "Images", "--backbone", "efficientnet_b0",
+                       "--weights", "none", "--limit", "8", "--batch-size", "100000", "--out", tmp_path / "f.h5")
+    assert code == 0 and "8 images" in out
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1_000_000  # KiB

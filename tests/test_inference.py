@@ -145,7 +145,7 @@ def test_trained_run_captions_and_scores_far_above_a_constant(learnable, tmp_pat
     assert greedy.metrics["BLEU-4"] > greedy.baseline["BLEU-4"] + margin
     assert beam.metrics["BLEU-4"] > greedy.baseline["BLEU-4"] + margin
     record = json.loads((tmp_path / "b" / "eval.json").read_text())
-    assert record["settings"]["strategy"] == "beam" and record["settings"]["k"] == 3
+    assert record["settings"]["search"] == "beam" and record["settings"]["k"] == 3
     assert len(record["captions"]) == greedy.images and record["captions"][0]["references"]
     assert (tmp_path / "b" / "examples.png").stat().st_size > 10_000
 

@@ -152,6 +152,7 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
     written = 0
     completed = False
     workers = workers or max(2, os.cpu_count() or 2)
+    batch_size = max(1, min(batch_size, len(todo)))  # batches are padded to this: never past the work itself
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     bar = progress(total=len(todo), desc=f"{bb.name} features", unit="img",
                    disable=None if show_progress is None else not show_progress)

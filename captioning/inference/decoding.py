@@ -168,6 +168,6 @@ def label(search) -> str:
     """What a search object really does, in words (a re-ranking recipe on a run without its files
     runs as plain beam search, and says so here)."""
     d = search.describe()
-    if d["strategy"] == "sample":
+    if d["search"] == "sample":
         return Decoding(method="sample", temperature=d["temperature"], top_k=d["top_k"], seed=d["seed"]).describe()
-    return d["strategy"] + (f" {d['k']}" if "k" in d else "") + (" + re-ranking" if "rerank" in d else "")
+    return d["search"] + (f" {d['k']}" if "k" in d else "") + (" + re-ranking" if "rerank" in d else "")

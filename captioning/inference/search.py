@@ -84,7 +84,7 @@ class Sampler:
 
     def describe(self) -> dict:
         """The settings, as recorded in eval.json."""
-        return {"strategy": type(self).__name__.lower()}
+        return {"search": type(self).__name__.lower()}
 
     def next_token(self, log_probs: np.ndarray, rng) -> np.ndarray:
         raise NotImplementedError
@@ -114,7 +114,7 @@ class RandomSampler(Sampler):
         return np.random.default_rng(self.seed)
 
     def describe(self):
-        return {"strategy": "sample", "temperature": self.temperature, "top_k": self.top_k, "seed": self.seed}
+        return {"search": "sample", "temperature": self.temperature, "top_k": self.top_k, "seed": self.seed}
 
     def next_token(self, log_probs, rng):
         logits = log_probs / self.temperature
@@ -142,7 +142,7 @@ class BeamSearch(Sampler):
         self.k, self.alpha = k, alpha
 
     def describe(self):
-        return {"strategy": "beam", "k": self.k, "alpha": self.alpha}
+        return {"search": "beam", "k": self.k, "alpha": self.alpha}
 
     def score(self, log_prob, length):
         return log_prob / np.maximum(length, 1) ** self.alpha
