@@ -156,14 +156,6 @@ def _refuse_options_without_effect(d: Decoding, given: dict) -> None:
                              f"re-ranking off: give --rerank N (N ≥ 1) or leave {FLAGS[field]} out")
 
 
-def resolve(decoding, captioner):
-    """``decoding`` as something that decodes: a recipe (name, dict, ``Decoding``) is built for
-    ``captioner``; a search object (anything with ``describe``) is used as it is."""
-    if isinstance(decoding, (str, dict, Decoding)) or decoding is None:
-        return get(decoding or "recommended").search(captioner)
-    return decoding
-
-
 def label(search) -> str:
     """What a search object really does, in words (a re-ranking recipe on a run without its files
     runs as plain beam search, and says so here)."""
