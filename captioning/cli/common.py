@@ -27,7 +27,11 @@ def figure_path(text):
 
 
 def backbone_name(text):
+    """A keras.applications name, spelled as the package knows it, or the path of a ``.keras`` model."""
     from captioning.features.backbones import get_backbone
+    from captioning.features.keras_file import is_keras_file
+    if is_keras_file(text):
+        return text
     try:
         return get_backbone(text).name
     except CaptioningError as e:

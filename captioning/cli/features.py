@@ -18,7 +18,7 @@ def extract(a):
         pooling="spatial" if a.spatial else a.pooling, dtype=a.dtype, captions=a.captions,
         image_list=a.image_list, limit=a.limit, overwrite=a.overwrite,
         mixed_precision=a.mixed_precision, workers=a.workers, seed=a.seed, shard=a.shard,
-        distribute=a.distribute)
+        distribute=a.distribute, image_size=a.image_size)
     print(result.summary())
     return EXIT_PARTIAL if (a.strict and result.failed) else EXIT_OK
 
@@ -48,8 +48,12 @@ def add_commands(add):
     from captioning.features.backbones import BACKBONES
     p = add("extract-features", help="run a CNN over images and cache vectors in HDF5")
     p.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images (sub-folders included)")
-    p.add_argument("--backbone", required=True, type=backbone_name, metavar="NAME", help=", ".join(BACKBONES))
-    p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a Keras weights file")
+    p.add_argument("--backbone", required=True, type=backbone_name, metavar="NAME|PATH.keras",
+                   help=f"{', '.join(BACKBONES)}; or an image model saved as .keras (RGB 0-255 in, its preprocessing "
+                        "inside; see docs/backbones.md)")
+    p.add_argument("--weights", help="imagenet (the default) | none | PATH to a Keras weights file for NAME")
+    p.add_argument("--image-size", type=ranged(int, 8, 4096), metavar="N",
+                   help="the square size photos are resized to, for a .keras model that takes any size")
     p.add_argument("--out", metavar="FILE.h5", help="default: features/<dataset>_<backbone>.h5")
     p.add_argument("--batch-size", type=ranged(int, 1), default=32, help="images per forward pass")
     p.add_argument("--pooling", choices=["avg", "max"], default="avg", help="how the grid becomes one vector")

@@ -1,4 +1,5 @@
-"""Pretrained CNNs from ``keras.applications``, each with its own input size and preprocessing."""
+"""Pretrained CNNs from ``keras.applications``, each with its own input size and preprocessing, and
+image models saved as ``.keras`` files (``keras_file``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from captioning import hardware
+from captioning.features import keras_file
 from captioning.backend import import_keras, set_random_seed
 from captioning.errors import CaptioningError
 
@@ -21,6 +23,10 @@ class Backbone:
     module: str  # keras.applications submodule holding preprocess_input
     input_size: int
     pooled_layer: str | None = None  # a named layer instead of global pooling (VGG16's fc2)
+
+    @property
+    def preprocessing(self) -> str:
+        return f"keras.applications.{self.module}.preprocess_input"
 
     def preprocess(self, x):
         """Scale a float32 batch of RGB 0..255 pixels the way this network was trained."""
@@ -53,7 +59,16 @@ def get_backbone(name: str) -> Backbone:
     try:
         return BACKBONES[name.lower().replace("-", "_")]
     except KeyError:
-        raise CaptioningError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
+        raise CaptioningError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}, or the path of "
+                              "an image model saved as .keras") from None
+
+
+def backbone_for_spec(spec):
+    """The backbone that made a store's features (``FeatureSpec``): a keras.applications one, or a
+    ``.keras`` file's, whose image size the store recorded."""
+    if spec.backbone == keras_file.NAME:
+        return keras_file.KerasFileBackbone(spec.input_size)
+    return get_backbone(spec.backbone)
 
 
 def file_sha256(path) -> str:
@@ -146,6 +161,9 @@ def build_model(backbone: Backbone, weights="imagenet", pooling: str = "avg", se
     Random init (``weights="none"``) is seeded: the same seed gives the same network, so a resumed
     store never mixes two networks and inference can rebuild the one that made the features.
     ``policy`` is the Keras dtype policy of this model only; the global one is left as it was."""
+    if isinstance(backbone, keras_file.KerasFileBackbone):  # ``weights`` is the file itself
+        own = pooling == keras_file.OWN_VECTOR
+        return keras_file.load(weights, "avg" if own else pooling, backbone.input_size or None)[1]
     keras = import_keras()
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)

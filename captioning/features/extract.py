@@ -21,6 +21,7 @@ from captioning.console import count, progress
 from captioning.errors import CaptioningError, UsageError
 from captioning.features.backbones import (build_model, describe_weights, embed, get_backbone,
                                           mixed_precision_policy)
+from captioning.features import keras_file
 from captioning.features.images import RESIZE, ImageError, load_image
 from captioning.features.store import FeatureStore
 from captioning.features.writer import FeatureStoreWriter
@@ -77,6 +78,18 @@ def default_output(images_dir, backbone: str, pooling: str, shard=None) -> Path:
     return Path("features") / f"{name.lower()}_{backbone}{suffix}.h5"
 
 
+def _check_encoder_options(backbone, from_file: bool, weights, mixed_precision: bool, image_size) -> None:
+    if from_file and weights is not None:
+        raise UsageError(f"--weights {weights}: the .keras backbone {backbone} brings its own weights; leave out "
+                         "--weights.")
+    if from_file and mixed_precision:
+        raise UsageError(f"--mixed-precision: the .keras backbone {backbone} computes in the dtype policy it was "
+                         "saved with; save it under a mixed policy instead, or leave out --mixed-precision.")
+    if not from_file and image_size:
+        raise UsageError(f"--image-size is for .keras backbones that take images of any size; {backbone} takes "
+                         f"{get_backbone(backbone).input_size} px.")
+
+
 def _submit_batch(pool, root: Path, ids, size):
     return ids, [pool.submit(load_image, root / i, size) for i in ids]
 
@@ -92,20 +105,27 @@ def _collect_batch(ids, futures):
     return ok_ids, arrays, failed
 
 
-def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet", out=None,
+def extract_features(images_dir, backbone: str = "resnet50", weights=None, out=None,
                      batch_size: int = 32, pooling: str = "avg", dtype: str = "float32", captions=None,
                      image_list=None, limit: int | None = None, overwrite: bool = False,
                      mixed_precision: bool = False, workers: int = 0, seed: int = 0,
                      shard: tuple[int, int] | None = None, show_progress=None,
-                     distribute: str = "auto") -> ExtractionResult:
+                     distribute: str = "auto", image_size: int | None = None) -> ExtractionResult:
     """Extract features for every image under ``images_dir`` (or those a data set captions) into
     an HDF5 ``FeatureStore``; re-running with the same ``out`` resumes.
+
+    ``backbone``: a keras.applications name with ``weights`` ('imagenet' when None, 'none' or a
+    weights file), or the path of an image model saved as ``.keras``, which brings its own weights
+    and preprocessing (``captioning.features.keras_file``; ``image_size`` for one that takes any).
 
     ``shard=(k, n)`` takes every n-th image from the k-th (1-based) of the listed order: n processes
     on n GPUs or machines each write their own store, and ``merge_features`` joins them.
     ``distribute`` splits each batch over this machine's devices (``auto``: every GPU when there
     are several; ``mirrored``; ``none``), as ``fit --distribute`` does."""
-    bb = get_backbone(backbone)
+    from_file = keras_file.is_keras_file(backbone)
+    _check_encoder_options(backbone, from_file, weights, mixed_precision, image_size)
+    bb = None if from_file else get_backbone(backbone)
+    weights = backbone if from_file else weights or "imagenet"
     root = Path(images_dir)
     ids = list_images(root, captions, image_list)
     if limit is not None:
@@ -117,7 +137,7 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
         if not 1 <= k <= n:
             raise UsageError(f"--shard {k}/{n}: K must be between 1 and N")
         ids = ids[k - 1::n]
-    out = Path(out) if out else default_output(root, bb.name, pooling, shard)
+    out = Path(out) if out else default_output(root, Path(backbone).stem if from_file else bb.name, pooling, shard)
     if (captions is not None or image_list is not None) and not out.exists() \
             and not any((root / i).is_file() for i in ids):  # any() stops at the first: cheap when they match
         named = f"--image-list {image_list}" if image_list is not None else str(captions)
@@ -125,20 +145,22 @@ def extract_features(images_dir, backbone: str = "resnet50", weights="imagenet",
                               "give the images folder these captions belong to.")
     keras = import_keras()
     policy = mixed_precision_policy() if mixed_precision else "float32"
-    attrs = {"backbone": bb.name, **describe_weights(weights, seed), "pooling": pooling,
-             "input_size": bb.input_size, "preprocessing": f"keras.applications.{bb.module}.preprocess_input",
-             "resize": RESIZE, "color": "RGB (alpha composited on white)", "dtype": dtype,
-             "captioning_version": __version__, "keras_version": keras.__version__,
-             "backend": keras.backend.backend(), "compute_dtype_policy": policy,
-             "images_root": str(root.resolve()), "shard": f"{shard[0]}/{shard[1]}" if shard else "",
-             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    # The output shape is part of the identity; it needs the model, which is built once here.
+    # The network is built once, before the store: its input and output shapes are part of the identity.
     if distribute == "multi-worker":
         raise UsageError("extract-features has no --distribute multi-worker: run one process per machine with "
                          "--shard K/N, then captioning merge-features.")
     placement = place(distribute)
     with placement.scope():
-        model = build_model(bb, weights, pooling, seed, policy)
+        if from_file:
+            bb, model, pooling = keras_file.load(backbone, pooling, image_size)
+        else:
+            model = build_model(bb, weights, pooling, seed, policy)
+    attrs = {"backbone": bb.name, **describe_weights(weights, seed), "pooling": pooling,
+             "input_size": bb.input_size, "preprocessing": bb.preprocessing, "resize": RESIZE, "color": "RGB (alpha composited on white)", "dtype": dtype,
+             "captioning_version": __version__, "keras_version": keras.__version__,
+             "backend": keras.backend.backend(), "compute_dtype_policy": policy,
+             "images_root": str(root.resolve()), "shard": f"{shard[0]}/{shard[1]}" if shard else "",
+             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     shape = tuple(int(d) for d in model.output.shape[1:])
     attrs["feature_shape"] = [shape[0] * shape[1], shape[2]] if pooling == "spatial" else list(shape)
     if pooling == "spatial":

@@ -194,9 +194,9 @@ class Captioner:
     def backbone(self):
         """The CNN that made the training features, rebuilt from the run's record."""
         if self._backbone is None:
-            from captioning.features.backbones import build_model, get_backbone, weights_for_spec
+            from captioning.features.backbones import backbone_for_spec, build_model, weights_for_spec
             weights, seed = weights_for_spec(self.feature_spec, self._weights_override, self.notes)
-            bb = get_backbone(self.feature_spec.backbone)
+            bb = backbone_for_spec(self.feature_spec)
             self._backbone = (bb, build_model(bb, weights, self.feature_spec.pooling, seed))
         return self._backbone
 

@@ -156,6 +156,7 @@ class ConsensusRerank:
     matcher: object = None
     matching: float = 1.0
     proposers: list = dataclasses.field(default_factory=list)
+    proposer_search: object = None  # the search the proposers run (None: ``search``, the same width)
     retrieved: int = 100
     likelihood: float = 0.02
     _caption_vectors: object = dataclasses.field(default=None, init=False, repr=False)
@@ -198,7 +199,7 @@ class ConsensusRerank:
         hyps = self.search(steps, features, start_id, end_id, max_length)
         pools = [list(a) for a in hyps.alternatives]  # finished captions: the model's, then the proposers' new ones
         for proposer in self.proposers:
-            more = self.search(proposer, features, start_id, end_id, max_length)
+            more = (self.proposer_search or self.search)(proposer, features, start_id, end_id, max_length)
             for pool, own, extra in zip(pools, hyps.tokens, more.alternatives):
                 seen = {_key(t) for t, _, _ in pool} | {_key(own)}
                 pool += [a for a in extra if _key(a[0]) not in seen]
