@@ -27,10 +27,10 @@ def figure_path(text):
 
 
 def backbone_name(text):
-    """A keras.applications name, spelled as the package knows it, or the path of a ``.keras`` model."""
+    """A keras.applications name, spelled as the package knows it, a ``.keras`` model's path or hub:PRESET."""
     from captioning.features.backbones import get_backbone
-    from captioning.features.keras_file import is_keras_file
-    if is_keras_file(text):
+    from captioning.features.backbones import external
+    if external(text):
         return text
     try:
         return get_backbone(text).name

@@ -48,9 +48,10 @@ def add_commands(add):
     from captioning.features.backbones import BACKBONES
     p = add("extract-features", help="run a CNN over images and cache vectors in HDF5")
     p.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images (sub-folders included)")
-    p.add_argument("--backbone", required=True, type=backbone_name, metavar="NAME|PATH.keras",
+    p.add_argument("--backbone", required=True, type=backbone_name, metavar="NAME|PATH.keras|hub:PRESET",
                    help=f"{', '.join(BACKBONES)}; or an image model saved as .keras (RGB 0-255 in, its preprocessing "
-                        "inside; see docs/backbones.md)")
+                        "inside); or a keras-hub preset (a name, kaggle://…, hf://… or a local folder; needs the "
+                        "hub extra). See docs/backbones.md")
     p.add_argument("--weights", help="imagenet (the default) | none | PATH to a Keras weights file for NAME")
     p.add_argument("--image-size", type=ranged(int, 8, 4096), metavar="N",
                    help="the square size photos are resized to, for a .keras model that takes any size")

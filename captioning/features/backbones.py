@@ -1,5 +1,5 @@
 """Pretrained CNNs from ``keras.applications``, each with its own input size and preprocessing, and
-image models saved as ``.keras`` files (``keras_file``)."""
+image models saved as ``.keras`` files (``keras_file``) and keras-hub presets (``hub``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from captioning import hardware
-from captioning.features import keras_file
+from captioning.features import hub, keras_file
 from captioning.backend import import_keras, set_random_seed
 from captioning.errors import CaptioningError
 
@@ -68,14 +68,31 @@ def backbone_for_spec(spec):
     ``.keras`` file's, whose image size the store recorded."""
     if spec.backbone == keras_file.NAME:
         return keras_file.KerasFileBackbone(spec.input_size)
+    if spec.backbone == hub.NAME:
+        return hub.HubBackbone(spec.input_size)
     return get_backbone(spec.backbone)
 
 
+def external(name):
+    """The module that loads ``name`` when it is no keras.applications name: ``keras_file`` for
+    PATH.keras, ``hub`` for hub:PRESET; else None. Both have ``load(name, pooling, image_size)``
+    and ``describe(name)``."""
+    return keras_file if keras_file.is_keras_file(name) else hub if hub.is_hub(name) else None
+
+
 def file_sha256(path) -> str:
+    """The content's digest: of a file, or of a folder's files (names and contents, in a stable
+    order; a keras-hub preset folder)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    path = Path(path)
+    files = [(p.relative_to(path).as_posix(), p) for p in sorted(path.rglob("*")) if p.is_file()] \
+        if path.is_dir() else [(None, path)]
+    for name, p in files:
+        if name is not None:
+            digest.update(name.encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -123,7 +140,7 @@ def weights_for_spec(spec, override=None, notes: list | None = None):
     candidate = override or spec.weights_path
     recorded = re.search(r"sha256:([0-9a-f]+)", record)
     expected = spec.weights_sha256 or (recorded.group(1) if recorded else None)
-    if not candidate or not Path(candidate).is_file():
+    if not candidate or not Path(candidate).exists():  # a file, or a keras-hub preset folder
         where = f" It was at {spec.weights_path}, which is gone." if spec.weights_path else ""
         raise CaptioningError(f"these features came from the weights file {record}.{where} Pass its path with "
                               "--weights PATH (Captioner.load(run, weights=PATH)).")
@@ -164,6 +181,8 @@ def build_model(backbone: Backbone, weights="imagenet", pooling: str = "avg", se
     if isinstance(backbone, keras_file.KerasFileBackbone):  # ``weights`` is the file itself
         own = pooling == keras_file.OWN_VECTOR
         return keras_file.load(weights, "avg" if own else pooling, backbone.input_size or None)[1]
+    if isinstance(backbone, hub.HubBackbone):  # ``weights``: the preset's folder, or preset:NAME
+        return hub.load(weights, pooling, backbone.input_size or None)[1]
     keras = import_keras()
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)

@@ -19,9 +19,9 @@ from captioning import __version__
 from captioning.backend import import_keras
 from captioning.console import count, progress
 from captioning.errors import CaptioningError, UsageError
-from captioning.features.backbones import (build_model, describe_weights, embed, get_backbone,
+from captioning.features.backbones import (build_model, describe_weights, embed, external, get_backbone,
                                           mixed_precision_policy)
-from captioning.features import keras_file
+from captioning.features import hub
 from captioning.features.images import RESIZE, ImageError, load_image
 from captioning.features.store import FeatureStore
 from captioning.features.writer import FeatureStoreWriter
@@ -78,16 +78,15 @@ def default_output(images_dir, backbone: str, pooling: str, shard=None) -> Path:
     return Path("features") / f"{name.lower()}_{backbone}{suffix}.h5"
 
 
-def _check_encoder_options(backbone, from_file: bool, weights, mixed_precision: bool, image_size) -> None:
-    if from_file and weights is not None:
-        raise UsageError(f"--weights {weights}: the .keras backbone {backbone} brings its own weights; leave out "
-                         "--weights.")
-    if from_file and mixed_precision:
-        raise UsageError(f"--mixed-precision: the .keras backbone {backbone} computes in the dtype policy it was "
-                         "saved with; save it under a mixed policy instead, or leave out --mixed-precision.")
-    if not from_file and image_size:
-        raise UsageError(f"--image-size is for .keras backbones that take images of any size; {backbone} takes "
-                         f"{get_backbone(backbone).input_size} px.")
+def _check_encoder_options(backbone, loader, weights, mixed_precision: bool, image_size) -> None:
+    if loader and weights is not None:
+        raise UsageError(f"--weights {weights}: the backbone {backbone} brings its own weights; leave out --weights.")
+    if loader and mixed_precision:
+        raise UsageError(f"--mixed-precision: the backbone {backbone} computes in the dtype policy it was saved "
+                         "with; save it under a mixed policy instead, or leave out --mixed-precision.")
+    if not loader and image_size:
+        raise UsageError(f"--image-size is for .keras files and keras-hub presets that take images of any size; "
+                         f"{backbone} takes {get_backbone(backbone).input_size} px.")
 
 
 def _submit_batch(pool, root: Path, ids, size):
@@ -122,10 +121,10 @@ def extract_features(images_dir, backbone: str = "resnet50", weights=None, out=N
     on n GPUs or machines each write their own store, and ``merge_features`` joins them.
     ``distribute`` splits each batch over this machine's devices (``auto``: every GPU when there
     are several; ``mirrored``; ``none``), as ``fit --distribute`` does."""
-    from_file = keras_file.is_keras_file(backbone)
-    _check_encoder_options(backbone, from_file, weights, mixed_precision, image_size)
-    bb = None if from_file else get_backbone(backbone)
-    weights = backbone if from_file else weights or "imagenet"
+    loader = external(backbone)  # a .keras file or a keras-hub preset, else a keras.applications name
+    _check_encoder_options(backbone, loader, weights, mixed_precision, image_size)
+    bb = None if loader else get_backbone(backbone)
+    weights = weights or "imagenet"
     root = Path(images_dir)
     ids = list_images(root, captions, image_list)
     if limit is not None:
@@ -137,7 +136,8 @@ def extract_features(images_dir, backbone: str = "resnet50", weights=None, out=N
         if not 1 <= k <= n:
             raise UsageError(f"--shard {k}/{n}: K must be between 1 and N")
         ids = ids[k - 1::n]
-    out = Path(out) if out else default_output(root, Path(backbone).stem if from_file else bb.name, pooling, shard)
+    out = Path(out) if out else default_output(root, Path(str(backbone)).stem.replace(hub.PREFIX, "") if loader else bb.name,
+                                                 pooling, shard)
     if (captions is not None or image_list is not None) and not out.exists() \
             and not any((root / i).is_file() for i in ids):  # any() stops at the first: cheap when they match
         named = f"--image-list {image_list}" if image_list is not None else str(captions)
@@ -151,11 +151,12 @@ def extract_features(images_dir, backbone: str = "resnet50", weights=None, out=N
                          "--shard K/N, then captioning merge-features.")
     placement = place(distribute)
     with placement.scope():
-        if from_file:
-            bb, model, pooling = keras_file.load(backbone, pooling, image_size)
+        if loader:
+            bb, model, pooling = loader.load(backbone, pooling, image_size)
         else:
             model = build_model(bb, weights, pooling, seed, policy)
-    attrs = {"backbone": bb.name, **describe_weights(weights, seed), "pooling": pooling,
+    made_by = loader.describe(backbone) if loader else describe_weights(weights, seed)
+    attrs = {"backbone": bb.name, **made_by, "pooling": pooling,
              "input_size": bb.input_size, "preprocessing": bb.preprocessing, "resize": RESIZE, "color": "RGB (alpha composited on white)", "dtype": dtype,
              "captioning_version": __version__, "keras_version": keras.__version__,
              "backend": keras.backend.backend(), "compute_dtype_policy": policy,

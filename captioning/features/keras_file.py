@@ -26,6 +26,12 @@ def is_keras_file(name) -> bool:
     return str(name).lower().endswith(".keras")
 
 
+def describe(path) -> dict:
+    """How a store records the file: like a weights file, by name, path and sha256."""
+    from captioning.features.backbones import describe_weights
+    return describe_weights(path)
+
+
 @dataclasses.dataclass(frozen=True)
 class KerasFileBackbone:
     """What extraction and captioning need to know of a ``.keras`` encoder; ``input_size`` is
