@@ -102,5 +102,18 @@ def test_compiles_runs_under_jax(learnable):
     assert "greedy" in out
 
 
+@pytest.mark.slow
+def test_backbones_measures_the_named_and_file_encoders(sample_dir, tmp_path):
+    out = _run(BENCH / "backbones.py", sample_dir / "Images", "--limit", "4", "--weights-dir", tmp_path, "--no-hub")
+    assert "| keras.applications resnet50 (random init) | 224 | (2048,) | (7, 7) × 2048 |" in out
+
+
+@pytest.mark.slow
+def test_proposers_scores_each_width(learnable):
+    out = _run(BENCH / "proposers.py", "--run", learnable["run"], "--captions", learnable["data"], "--features",
+               learnable["features"], "--widths", "0,2")
+    assert "| none (`--candidates model`) |" in out and "| 2 |" in out
+
+
 # rerank_variants.py and imagenet_posteriors.py need the ImageNet classifier's weights file, which
 # tests cannot have: they are covered by --help above.
