@@ -44,7 +44,7 @@ def caption(a):
     from captioning.inference.captioner import Captioner, empty_captions_note
     from captioning.inference.decoding import label
     recipe = decoding(a)  # before the run is loaded
-    captioner = Captioner.load(a.run, weights=a.weights)
+    captioner = Captioner.load(a.run, weights=a.weights, allow_partial=a.allow_partial)
     search = captioner.search(recipe)
     if a.attention_figure and (captioner.decoder.type != "attention" or len(a.run) > 1):  # before any work
         raise UsageError("--attention-figure needs one run (one --run) trained with --decoder attention")
@@ -88,7 +88,7 @@ def evaluate(a):
     from captioning.evaluation.evaluate import evaluate as score
     from captioning.inference.captioner import Captioner
     recipe = decoding(a)
-    captioner = Captioner.load(a.run)
+    captioner = Captioner.load(a.run, allow_partial=a.allow_partial)
     result = score(a.run, a.captions, a.features, split=a.split, decoding=recipe, format=a.format, out=a.out,
                    coco=a.coco, limit=a.limit, captioner=captioner, images_dir=a.images)
     print(result.summary())

@@ -54,6 +54,8 @@ def add_run_option(p):
                    help="the run folder written by `captioning fit`; give it more than once to caption with an "
                         "ensemble of runs trained on the same captions")
     p.add_argument("--model", action=Renamed, instead="--run RUN_DIR")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="caption with a run that `fit` is writing now, or that a killed fit left half saved")
 
 
 def image_files(args) -> list:

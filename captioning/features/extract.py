@@ -149,13 +149,14 @@ def extract_features(images_dir, backbone: str = "resnet50", weights=None, out=N
     if distribute == "multi-worker":
         raise UsageError("extract-features has no --distribute multi-worker: run one process per machine with "
                          "--shard K/N, then captioning merge-features.")
+    made_by = None if loader else describe_weights(weights, seed)  # a missing weights file named before building
     placement = place(distribute)
     with placement.scope():
         if loader:
             bb, model, pooling = loader.load(backbone, pooling, image_size)
+            made_by = loader.describe(backbone)
         else:
             model = build_model(bb, weights, pooling, seed, policy)
-    made_by = loader.describe(backbone) if loader else describe_weights(weights, seed)
     attrs = {"backbone": bb.name, **made_by, "pooling": pooling,
              "input_size": bb.input_size, "preprocessing": bb.preprocessing, "resize": RESIZE, "color": "RGB (alpha composited on white)", "dtype": dtype,
              "captioning_version": __version__, "keras_version": keras.__version__,

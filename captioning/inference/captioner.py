@@ -82,20 +82,33 @@ class Captioner:
         self.notes = []
 
     @classmethod
-    def load(cls, run_dir, weights=None) -> "Captioner":
+    def load(cls, run_dir, weights=None, allow_partial: bool = False) -> "Captioner":
         """Load ``model.keras`` (safe mode), ``vocab.json`` and ``config.json`` from a run folder, or from
         each of a list of run folders (an ensemble: they must share the vocabulary and the features).
-        ``weights`` is the backbone's weights file, when the one recorded has moved."""
+        ``weights`` is the backbone's weights file, when the one recorded has moved.
+
+        A run that ``fit`` is writing now, or that a killed ``fit`` left half exported, is refused:
+        its files may come from different epochs. ``allow_partial`` loads what is there, with a note."""
         dirs = run_dirs(run_dir)
         runs = [Run.load(d) for d in dirs]
-        for d in dirs:
+        notes = []
+        for d, r in zip(dirs, runs):
+            writer = WriterLock(d, "captioning fit").holder()
             if not (d / "model.keras").is_file():
-                writer = WriterLock(d, "captioning fit").holder()
                 if writer:
                     raise CaptioningError(f"{d}: no model.keras yet — `captioning fit` (process {writer}) is still "
                                           "training this run; wait for it to finish.")
                 raise CaptioningError(f"{d}: no model.keras — the run did not finish; "
                                       "continue it with `captioning fit ... --resume`.")
+            why = (f"`captioning fit` (process {writer}) is writing it now" if writer else
+                   "its config.json records no results: fit stopped while saving it" if not r.results else None)
+            if why and not allow_partial:
+                then = "wait for it to finish" if writer else f"finish it with `captioning fit ... --out {d} --resume`"
+                raise CaptioningError(f"{d}: {why}, so its files (model.keras, the re-ranking files) may come from "
+                                      f"different epochs. {then[0].upper()}{then[1:]}, or caption what is there now "
+                                      "with --allow-partial (Captioner.load(..., allow_partial=True)).")
+            if why:
+                notes.append(f"{d}: {why}; captioned with what is there now (--allow-partial).")
         first = runs[0]
         for d, r in zip(dirs[1:], runs[1:]):
             if r.vocab != first.vocab:  # the same words with the same ids; their counts do not matter
@@ -108,7 +121,9 @@ class Captioner:
                 raise CaptioningError(f"{d} and {dirs[0]} were trained on different features ({'; '.join(diff)}): "
                                       "an ensemble's runs must read the same features of each image.")
         models = [load_model(d / "model.keras") for d in dirs]
-        return cls(models, first, dirs, weights, [r.decoder for r in runs])
+        captioner = cls(models, first, dirs, weights, [r.decoder for r in runs])
+        captioner.notes += notes
+        return captioner
 
     # --- decoding --------------------------------------------------------------------------------
     def reranked(self, search, neighbours: int = 40, matching: float = 1.0, candidates: str = "both",
