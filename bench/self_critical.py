@@ -120,8 +120,8 @@ def main():
         sc.cider = WithBleu(sc.cider, fit_plan.train, a.bleu_weight)
     if a.matcher_weight:
         from captioning.inference.matching import Matcher
-        sc.cider = WithMatcher(sc.cider, Matcher.load(run / "matcher.keras", fit_plan.run.vocab.end_id), fit_plan.store,
-                               a.matcher_weight)
+        matcher = Matcher.load(run / "matcher.keras", fit_plan.run.vocab, fit_plan.store.feature_shape[-1])
+        sc.cider = WithMatcher(sc.cider, matcher, fit_plan.store, a.matcher_weight)
     print("| variant | epoch | mean reward | greedy | beam 3 | beam 3 + re-ranking | beam 5 + re-ranking, both models "
           "| beam 16 + re-ranking (the default) | seconds |\n|---|---|---|---|---|---|---|---|---|")
     for epoch in range(a.epochs):

@@ -37,6 +37,27 @@ class Run:
     data: dict = dataclasses.field(default_factory=dict)  # where the captions came from, split sizes
     results: dict = dataclasses.field(default_factory=dict)  # epochs run, losses
     feature_store: str | None = None  # the store it was trained on (absolute path)
+    files: dict = dataclasses.field(default_factory=dict)  # name → sha256 of the files fit wrote last
+
+    AUXILIARY = ("cross_entropy.keras", "neighbours.h5", "matcher.keras")  # read by re-ranking
+
+    def record_files(self, run_dir) -> None:
+        """Remember the content of the model and re-ranking files just written, so a file copied in
+        from another run (same names, other words or features) is refused when read, not trusted."""
+        from captioning.features.backbones import file_sha256
+        names = ("model.keras", *self.AUXILIARY)
+        self.files = {n: file_sha256(Path(run_dir) / n) for n in names if (Path(run_dir) / n).is_file()}
+
+    def check_file(self, run_dir, name: str, instead: str) -> Path:
+        """``run_dir/name``, refused when config.json recorded other content for it (runs before 0.9
+        record none: their files are checked by shape alone where they are read)."""
+        from captioning.features.backbones import file_sha256
+        path = Path(run_dir) / name
+        if name in self.files and file_sha256(path) != self.files[name]:
+            raise CaptioningError(f"{path} is not the file `captioning fit` wrote for this run: its content differs "
+                                  "from the sha256 that config.json records (copied in from another run, or "
+                                  f"changed since). Copy the run folder again whole, or {instead}")
+        return path
 
     def save(self, run_dir) -> Path:
         run_dir = Path(run_dir)
@@ -46,7 +67,7 @@ class Run:
         config = {"format": CONFIG_FORMAT, "version": 1, "decoder": self.decoder.to_dict(),
                   "features": self.feature_spec.to_dict(), "feature_store": self.feature_store,
                   "cleaning": self.vocab.cleaning.to_dict(), "data": self.data, "training": self.training,
-                  "results": self.results, "keras_version": keras.__version__}
+                  "results": self.results, "files": self.files, "keras_version": keras.__version__}
         return atomic.write_text(run_dir / "config.json", json.dumps(config, indent=2))
 
     @classmethod
@@ -67,7 +88,8 @@ class Run:
         if len(vocab) != decoder.vocab_size:
             raise CaptioningError(f"{run_dir / 'vocab.json'} has {len(vocab)} tokens but the model expects "
                                   f"{decoder.vocab_size}: the files come from different runs.")
-        return cls(features, decoder, vocab, training, data, results, config.get("feature_store"))
+        files = config.get("files") if isinstance(config.get("files"), dict) else {}
+        return cls(features, decoder, vocab, training, data, results, config.get("feature_store"), files)
 
 
 def load_config(run_dir) -> dict:

@@ -107,7 +107,7 @@ def test_a_proposers_captions_join_the_candidates_once_each(tmp_path):
 def test_a_damaged_neighbours_file_is_a_clear_error(tmp_path):
     path = tmp_path / consensus.FILE
     path.write_bytes(b"not hdf5")
-    with pytest.raises(CaptioningError, match="--rerank 0"):
+    with pytest.raises(CaptioningError, match="--no-rerank"):
         consensus.Consensus.load(path)
 
 

@@ -30,7 +30,7 @@ def _two_kinds(n=40, seed=0):
 def test_the_matcher_learns_which_caption_fits_which_photo(tmp_path):
     features, captions = _two_kinds()
     train_matcher(features, captions, len(VOCAB), 8, tmp_path / matching.FILE, epochs=40)
-    matcher = matching.Matcher.load(tmp_path / matching.FILE, VOCAB.end_id)  # safe mode: stock layers only
+    matcher = matching.Matcher.load(tmp_path / matching.FILE, VOCAB, 16)  # safe mode: stock layers only
     test, _ = _two_kinds(seed=1)
     candidates = [[_ids("a red ball") + [VOCAB.end_id, 5], _ids("a dog runs")]] * 2  # after the end: ignored
     ball, dog = matcher.scores(test[[0, -1]], candidates)

@@ -8,7 +8,7 @@ import numpy as np
 
 from captioning import decoders
 from captioning.decoders.steps import WithoutTokens
-from captioning.errors import CaptioningError
+from captioning.errors import DAMAGED_RUN_FILE, CaptioningError
 from captioning.lock import WriterLock
 from captioning.inference.ensemble import EnsembleSteps
 from captioning.inference.decoding import Decoding, get as get_decoding
@@ -27,14 +27,24 @@ def _named(load, image, size):
         raise ImageError(f"{image}: {e}") from None
 
 
+def check_decoder(model, path: Path, vocab, decoder) -> None:
+    """Refuse a decoder file that is not this run's shape (another run's, or its matcher.keras renamed):
+    its words and features must be the run's."""
+    shapes = [tuple(i.shape) for i in model.inputs]
+    words = model.outputs[0].shape[-1] if len(model.outputs) == 1 else None
+    features = (decoder.grid_size, decoder.feature_dim) if decoder.grid_size else (decoder.feature_dim,)
+    if len(shapes) != 2 or words != len(vocab) or shapes[0][1:] != features:
+        raise ValueError(f"it takes {', '.join(map(str, shapes))} and gives {[tuple(o.shape) for o in model.outputs]}; "
+                         f"this run's decoder gives {len(vocab)} word probabilities")
+
+
 def _proposer(path: Path, vocab, decoder):
     """The step model of a run's ``cross_entropy.keras``, or a clear error for a damaged file or one
     from another run (other words, another decoder's layers)."""
     instead = "Or re-rank model.keras's captions alone (--candidates model)."
     try:
         model = load_model(path)
-        if model.outputs[0].shape[-1] != len(vocab):
-            raise ValueError(f"{model.outputs[0].shape[-1]} words, not {len(vocab)}")
+        check_decoder(model, path, vocab, decoder)
         return decoders.step_model(model, decoder)
     except CaptioningError as e:
         raise CaptioningError(f"{e} {instead}") from None
@@ -121,6 +131,13 @@ class Captioner:
                 raise CaptioningError(f"{d} and {dirs[0]} were trained on different features ({'; '.join(diff)}): "
                                       "an ensemble's runs must read the same features of each image.")
         models = [load_model(d / "model.keras") for d in dirs]
+        for d, r, m in zip(dirs, runs, models):
+            try:
+                check_decoder(m, d / "model.keras", r.vocab, r.decoder)
+                decoders.step_model(m, r.decoder)  # the layers the run's decoder type names must be there
+            except ValueError as e:
+                raise CaptioningError(f"{d / 'model.keras'} is not this run's decoder ({str(e)[:300]}): "
+                                      f"{DAMAGED_RUN_FILE}.") from None
         captioner = cls(models, first, dirs, weights, [r.decoder for r in runs])
         captioner.notes += notes
         return captioner
@@ -137,15 +154,18 @@ class Captioner:
         from captioning.inference import consensus
         from captioning.inference import matching as match
         home = self.run_dirs[0]
+        dim = int(self.feature_spec.feature_shape[-1])
         if self._consensus is None:
             if not (home / consensus.FILE).is_file():
                 self.notes.append(f"{home} has no {consensus.FILE} (runs before version 0.3): the captions are beam "
                                   "search's own, not re-ranked; `captioning fit ... --resume` on the run adds it.")
                 return search
-            self._consensus = consensus.Consensus.load(home / consensus.FILE)
+            path = self.run.check_file(home, consensus.FILE, "caption without re-ranking (--no-rerank).")
+            self._consensus = consensus.Consensus.load(path, dim)
         if matching and self._matcher is None:
             if (home / match.FILE).is_file():
-                self._matcher = match.Matcher.load(home / match.FILE, self.vocab.end_id)
+                path = self.run.check_file(home, match.FILE, "re-rank without the matcher (--matching 0).")
+                self._matcher = match.Matcher.load(path, self.vocab, dim)
             else:
                 self.notes.append(f"{home} has no {match.FILE} (runs before version 0.4): re-ranked by the neighbours' "
                                   "consensus alone; `captioning fit ... --resume` on the run adds it.")
@@ -164,6 +184,7 @@ class Captioner:
             path = home / CROSS_ENTROPY_FILE
             if path.is_file():
                 v = self.vocab
+                self.run.check_file(home, CROSS_ENTROPY_FILE, "re-rank model.keras's captions alone (--candidates model).")
                 steps = _proposer(path, v, self.decoder)
                 self._proposers = [WithoutTokens(steps, [v.pad_id, v.unk_id, v.start_id])]
             elif self.run.results.get("self_critical_kept_epoch", "self_critical_dev_cider" in self.run.results):

@@ -70,12 +70,20 @@ class Consensus:
         self.captions = [words for refs in references for words in refs]  # in the index's row order
 
     @classmethod
-    def load(cls, path) -> "Consensus":
+    def load(cls, path, feature_dim: int | None = None) -> "Consensus":
+        """``feature_dim``: the run's; a file made from other features (another backbone) is refused."""
+        again = ("remove it and run `captioning fit ... --resume` to write it again, or caption without re-ranking "
+                 "(--no-rerank)")
         try:
             with h5py.File(path, "r") as f:
                 if f.attrs.get("format") != FORMAT:
-                    raise CaptioningError(f"{path} is not a captioning neighbours file; remove it and run "
-                                          "`captioning fit ... --resume` to write it again.")
+                    raise CaptioningError(f"{path} is not a captioning neighbours file; {again}.")
+                missing = [k for k in ("mean", "std", "projection", "features", "captions", "caption_image") if k not in f]
+                if missing:
+                    raise CaptioningError(f"{path} lacks its {', '.join(missing)} (a damaged or foreign file); {again}.")
+                if feature_dim is not None and f["mean"].shape != (feature_dim,):
+                    raise CaptioningError(f"{path} was made from {f['mean'].shape[0]}-number image features, and this "
+                                          f"run reads {feature_dim}: it is another run's file; {again}.")
                 captions = [c.decode() if isinstance(c, bytes) else c for c in f["captions"][:]]
                 owner = f["caption_image"][:]
                 references = [[] for _ in range(len(f["features"]))]
@@ -83,8 +91,7 @@ class Consensus:
                     references[i].append(text.split())
                 return cls(f["mean"][:], f["std"][:], f["projection"][:], f["features"][:], references)
         except OSError as e:
-            raise CaptioningError(f"{path} cannot be read ({e}); remove it and run `captioning fit ... --resume` "
-                                  "to write it again, or caption without re-ranking (--rerank 0).") from None
+            raise CaptioningError(f"{path} cannot be read ({e}); {again}.") from None
 
     def neighbours(self, features, k: int) -> np.ndarray:
         """(N, k) row numbers of the train images closest to each image, closest first."""

@@ -64,13 +64,24 @@ class Matcher:
         self._caption_tower = keras.Model(model.inputs[1], model.outputs[1])
 
     @classmethod
-    def load(cls, path, end_id: int) -> "Matcher":
+    def load(cls, path, vocab, feature_dim: int) -> "Matcher":
+        """The run's matcher; one made for other words or other features (another run's) is refused."""
         from captioning.errors import CaptioningError
         from captioning.run import load_model
+        instead = "Or caption without the matcher (--matching 0)."
         try:
-            return cls(load_model(Path(path)), end_id)
+            model = load_model(Path(path))
         except CaptioningError as e:
-            raise CaptioningError(f"{e} Or caption without the matcher (--matching 0).") from None
+            raise CaptioningError(f"{e} {instead}") from None
+        try:
+            image, words = model.inputs[0].shape[-1], model.get_layer("words").input_dim
+        except (ValueError, AttributeError, IndexError):
+            raise CaptioningError(f"{path} is not an image–caption matcher (no 'words' layer): copy the run folder "
+                                  f"again, or run `captioning fit ... --resume` to write it. {instead}") from None
+        if image != feature_dim or words != len(vocab):
+            raise CaptioningError(f"{path} was made for {image}-number features and {words} words, and this run has "
+                                  f"{feature_dim} and {len(vocab)}: it is another run's matcher. {instead}")
+        return cls(model, vocab.end_id)
 
     def scores(self, features, candidates: list) -> list:
         """``features``: one per photo, pooled (N, D) or a grid (N, cells, D) that is averaged as in

@@ -382,6 +382,7 @@ def export(p: FitPlan, verbose="auto") -> FitResult:
         result.self_critical_kept = int(tuned.stem.rsplit("_", 1)[1]) if tuned else 0
         p.run.results["self_critical_dev_cider"] = [r["dev_cider"] for r in tuning]
         p.run.results["self_critical_kept_epoch"] = result.self_critical_kept
+    p.run.record_files(p.out)
     p.run.save(p.out)
     return result
 
