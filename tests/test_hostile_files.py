@@ -32,6 +32,28 @@ def test_a_file_name_with_a_line_break_stays_on_one_tsv_line(base, capsys, tmp_p
     assert name.endswith("two\\nlines\\tand a tab.jpg") and caption
 
 
+def test_a_file_name_that_is_not_utf8_is_listed_as_failed_and_the_rest_stored(base, tmp_path):
+    from captioning.features import FeatureStore
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    first, second = sorted((base["data"] / "Images").iterdir())[:2]
+    shutil.copy(first, photos / first.name)
+    shutil.copy(second, os.path.join(os.fsencode(photos), b"\xff\xfe.jpg"))  # bytes no UTF-8 decoder accepts
+    for attempt in range(2):  # and again: the resumed store neither crashes nor duplicates the entry
+        done = cli_process("extract-features", photos, "--backbone", "efficientnet_b0", "--weights", "none",
+                           "--out", tmp_path / "f.h5")
+        assert done.returncode == 0, done.stderr
+        assert "\\xff\\xfe.jpg: its file name is not valid UTF-8" in done.stdout
+    store = FeatureStore.open(tmp_path / "f.h5")
+    assert store.ids == [first.name] and list(store.failed) == ["\\xff\\xfe.jpg"]
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "captioning", "caption", str(photos), "--run", str(base["run"]),
+                           "--greedy"], capture_output=True, timeout=240)  # bytes: the name is printed as it is
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 2, done.stderr
+    assert b"\xff\xfe.jpg\t" in done.stdout
+
+
 @pytest.mark.parametrize("shape", [(0, 0, 3), (4, 0, 3), (4, 4, 2), (7,)])
 def test_an_array_that_is_no_image_is_an_error_not_a_caption(base, shape):
     from captioning.features.images import ImageError

@@ -78,6 +78,23 @@ def default_output(images_dir, backbone: str, pooling: str, shard=None) -> Path:
     return Path("features") / f"{name.lower()}_{backbone}{suffix}.h5"
 
 
+UNDECODABLE = ("its file name is not valid UTF-8 (shown here with \\x escapes), which a feature store cannot "
+               "hold; rename the file (e.g. with convmv) and run the same command again")
+
+
+def _storable(ids) -> tuple[list, list]:
+    """(ids a store can hold, the escaped names of those it cannot): a name that is not valid UTF-8
+    reaches Python with surrogate escapes, which HDF5 strings refuse."""
+    good, escaped = [], []
+    for i in ids:
+        try:
+            i.encode("utf-8")
+            good.append(i)
+        except UnicodeEncodeError:
+            escaped.append(i.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+    return good, escaped
+
+
 def _check_encoder_options(backbone, loader, weights, mixed_precision: bool, image_size) -> None:
     if loader and weights is not None:
         raise UsageError(f"--weights {weights}: the backbone {backbone} brings its own weights; leave out --weights.")
@@ -169,6 +186,10 @@ def extract_features(images_dir, backbone: str = "resnet50", weights=None, out=N
         attrs["grid"] = [shape[0], shape[1]]
     attrs["feature_dim"] = int(attrs["feature_shape"][-1])
     writer = FeatureStoreWriter(out, attrs, overwrite=overwrite)
+    ids, unnamed = _storable(ids)
+    if unnamed:  # recorded once as failed, under a readable escaped name
+        writer.write_batch([], np.zeros((0, *attrs["feature_shape"]), dtype),
+                           [(i, UNDECODABLE) for i in unnamed if i not in writer.done])
     todo = [i for i in ids if i not in writer.done]
     skipped = len(ids) - len(todo)
     failed_all = []
@@ -201,4 +222,5 @@ def extract_features(images_dir, backbone: str = "resnet50", weights=None, out=N
         # Also on Ctrl-C or an error: merge what was done so nothing finished is lost.
         store = writer.finalize(completed=completed)  # every listed image stored or recorded as failed
         release(placement)
+    failed_all = [(i, UNDECODABLE) for i in unnamed] + failed_all
     return ExtractionResult(store, written, skipped, failed_all, time.perf_counter() - start, placement.describe())
