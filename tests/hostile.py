@@ -17,7 +17,7 @@ from captioning.backend import import_keras
 
 keras = import_keras()
 TINY = ["--epochs", "2", "--batch-size", "8", "--units", "8", "--embed-dim", "8", "--patience", "10",
-        "--self-critical-epochs", "0"]  # the self-critical epochs have their own tests
+        "--self-critical-epochs", "0", "--matcher-epochs", "0"]  # the self-critical epochs and the matcher have their own tests
 
 
 def cli(capsys, *args):
@@ -53,5 +53,5 @@ SLOW_FIT = """
 import sys
 from captioning.training import FitOptions, fit
 fit(sys.argv[1], sys.argv[2], sys.argv[3], FitOptions(epochs=int(sys.argv[4]), batch_size=4, units=16, embed_dim=8,
-    patience=100, seed=3), verbose=0)
+    patience=100, seed=3, matcher_epochs=0), verbose=0)
 """

@@ -76,7 +76,8 @@ for kind in sys.argv[5].split(","):
     features = spatial if kind == "attention" else pooled
     for name, epochs in (("straight", 3), ("resumed", 2)):
         fit(data, features, f"{root}/{kind}-{name}", FitOptions(decoder=kind, epochs=epochs, batch_size=8, units=8,
-            embed_dim=8, attention_dim=8, dropout=0.3, patience=10, seed=5, self_critical_epochs=0), verbose=0)
+            embed_dim=8, attention_dim=8, dropout=0.3, patience=10, seed=5, self_critical_epochs=0, matcher_epochs=0),
+            verbose=0)
 """
 _RESUME = """
 import sys

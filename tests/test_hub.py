@@ -12,7 +12,7 @@ import pytest
 
 from captioning.backend import import_keras
 from captioning.features import FeatureStore
-from tests.hostile import cli, cli_process
+from hostile import cli, cli_process
 
 keras = import_keras()
 keras_hub = pytest.importorskip("keras_hub", reason="the hub extra (in dev): pip install -e '.[dev]'")

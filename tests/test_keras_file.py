@@ -15,7 +15,7 @@ import pytest
 from captioning.backend import import_keras
 from captioning.cli import main
 from captioning.features import FeatureStore
-from tests.hostile import cli, cli_process
+from hostile import cli, cli_process
 
 keras = import_keras()
 layers = keras.layers

@@ -84,3 +84,15 @@ def test_reranking_options_without_reranking_are_refused(learnable, args, says, 
     image = str(learnable["data"] / "Images" / "sample_00000.jpg")
     assert main(["caption", image, "--run", str(learnable["run"]), *args]) == EXIT_USAGE
     assert says in capsys.readouterr().err
+
+
+def test_matcher_epochs_0_trains_none_and_captioning_says_why(base, capsys, tmp_path):
+    from hostile import cli
+    run = tmp_path / "run"
+    code, out, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out", run,
+                         "--epochs", "1", "--batch-size", "8", "--units", "8", "--embed-dim", "8",
+                         "--self-critical-epochs", "0", "--matcher-epochs", "0")
+    assert code == 0 and not (run / matching.FILE).exists() and "matcher.keras" not in out, err
+    image = next((base["data"] / "Images").glob("*.jpg"))
+    code, out, err = cli(capsys, "caption", image, "--run", run)
+    assert code == 0 and out.strip() and "has no matcher.keras (fit --matcher-epochs 0)" in err

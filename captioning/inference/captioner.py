@@ -167,7 +167,9 @@ class Captioner:
                 path = self.run.check_file(home, match.FILE, "re-rank without the matcher (--matching 0).")
                 self._matcher = match.Matcher.load(path, self.vocab, dim)
             else:
-                self.notes.append(f"{home} has no {match.FILE} (runs before version 0.4): re-ranked by the neighbours' "
+                why = ("fit --matcher-epochs 0" if self.run.training.get("matcher_epochs") == 0 else
+                       "runs before version 0.4")
+                self.notes.append(f"{home} has no {match.FILE} ({why}): re-ranked by the neighbours' "
                                   "consensus alone; `captioning fit ... --resume` on the run adds it.")
         proposers = self._cross_entropy_steps(home) if candidates == "both" else []
         return consensus.ConsensusRerank(search, self._consensus, self.vocab, neighbours,

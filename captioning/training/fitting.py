@@ -50,6 +50,7 @@ class FitResult:
     placement: str = "one device"
     self_critical: list = dataclasses.field(default_factory=list)  # (epoch, dev CIDEr-D greedy), epoch 0 = before
     self_critical_kept: int = 0  # the epoch model.keras holds; 0: the cross-entropy model
+    has_matcher: bool = True  # False with --matcher-epochs 0
 
     def summary(self) -> str:
         notes = "".join(f"\n  note: {n}" for n in self.notes)
@@ -64,7 +65,8 @@ class FitResult:
                 f"(validated on {self.dev_images}); best validation loss {self.best_val_loss:.3f} nats/word vs "
                 f"{self.unigram_val_loss:.3f} for a unigram baseline; vocabulary {self.vocab_size} "
                 f"tokens. Run folder {self.run_dir}: model.keras, vocab.json, config.json, neighbours.h5, "
-                f"matcher.keras, {CROSS_ENTROPY_FILE + ', ' if self.self_critical_kept else ''}history.csv, "
+                f"{'matcher.keras, ' if self.has_matcher else ''}"
+                f"{CROSS_ENTROPY_FILE + ', ' if self.self_critical_kept else ''}history.csv, "
                 f"training_curves.png, checkpoints/.{notes}")
 
 
@@ -375,7 +377,8 @@ def export(p: FitPlan, verbose="auto") -> FitResult:
                        f"(`captioning fit ... --out {p.out} --resume --epochs N`, N above {len(rows)}), or check that "
                        "the features were extracted from these captions' images.")
     result = FitResult(p.out, len(rows), best, unigram, len(p.run.vocab),
-                       p.run.data["train_images"], p.run.data["dev_images"], p.notes, p.placement.describe())
+                       p.run.data["train_images"], p.run.data["dev_images"], p.notes, p.placement.describe(),
+                       has_matcher=bool(p.options.matcher_epochs))
     p.run.results = {"epochs_run": result.epochs_run, "best_val_loss": best, "unigram_val_loss": result.unigram_val_loss}
     if len(tuning) > 1 and p.options.self_critical_epochs:
         result.self_critical = [(r["epoch"], r["dev_cider"]) for r in tuning]

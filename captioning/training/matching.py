@@ -91,7 +91,11 @@ def train_matcher(features, captions: list, vocab_size: int, max_length: int, pa
 
 
 def write(p, verbose="auto") -> None:
-    """The matcher of a ``fit`` plan's train images, into its run folder (``verbose`` as Keras' fit)."""
+    """The matcher of a ``fit`` plan's train images, into its run folder (``verbose`` as Keras' fit);
+    with ``--matcher-epochs 0`` none (and an older one is removed: it would belong to other epochs)."""
+    if not p.options.matcher_epochs:
+        (p.out / matching.FILE).unlink(missing_ok=True)
+        return
     images = sorted(p.train_references)
     rows = {}
     for image, ids in zip(p.train.images, p.train.ids):
@@ -101,4 +105,4 @@ def write(p, verbose="auto") -> None:
         print(f"Training the image–caption matcher for re-ranking on {count(len(images), 'train image')}.",
               flush=True)
     train_matcher(features, [rows[i] for i in images], len(p.run.vocab), p.run.decoder.max_length,
-                  p.out / matching.FILE, seed=p.options.seed, bar=verbose == 1)
+                  p.out / matching.FILE, seed=p.options.seed, epochs=p.options.matcher_epochs, bar=verbose == 1)

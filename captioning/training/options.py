@@ -56,6 +56,9 @@ class FitOptions:
     self_critical_epochs: int = option(1, "then N epochs of self-critical training on CIDEr-D (Rennie et al. 2017; "
                                        "about as long as a cross-entropy epoch each; 0: none)", low=0, metavar="N")
     self_critical_learning_rate: float = option(5e-5, "Adam's, for the self-critical epochs", low=0, low_open=True)
+    matcher_epochs: int = option(60, "passes over the train images for re-ranking's image–caption matcher "
+                                 "(matcher.keras; 0: none, and re-ranking uses the neighbours' consensus alone)",
+                                 low=0, metavar="N")
     cleaning: dict = option(help="caption cleaning options (captioning.data.text.CleaningOptions)", flag=False,
                             default_factory=dict)
 
