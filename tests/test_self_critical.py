@@ -120,6 +120,29 @@ def test_killed_between_self_critical_epochs_resumes_to_the_same_model(learnable
     np.testing.assert_allclose(np.array(rows[1]), np.array(rows[0]), rtol=1e-6)  # NaN: no reward before epoch 1
 
 
+def test_ctrl_c_during_self_critical_epochs_exits_130_and_the_run_resumes(learnable, tmp_path):
+    """A real SIGINT to a fresh `captioning fit`, as Ctrl-C in a terminal sends (a job started with `&`
+    by a non-interactive shell ignores SIGINT by design; kill it with SIGTERM, then --resume)."""
+    import signal
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "captioning", "fit", "--captions", learnable["data"], "--features",
+            learnable["features"], "--out", run, "--epochs", "1", "--batch-size", "16", "--units", "16",
+            "--embed-dim", "8", "--matcher-epochs", "0"]
+    args += ["--self-critical-epochs", "2"]
+    child = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    for line in child.stdout:
+        if line.startswith("Self-critical fine-tuning"):
+            break
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130 and "interrupted; finished work is kept" in err and "Traceback" not in err
+    assert not (run / "model.keras").exists() and (run / "checkpoints" / "best.keras").is_file()
+    done = subprocess.run([*map(str, args), "--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and (run / "model.keras").is_file(), done.stderr[-2000:]
+    assert len(history_rows(run / "self_critical.csv")) == 1 + 2  # the row before, and the run's own 2 epochs
+
+
 def test_the_best_epoch_on_dev_wins_a_tie_goes_to_the_later_and_nan_never_wins():
     rows = lambda *dev: [{"epoch": e, "dev_cider": d} for e, d in enumerate(dev)]  # noqa: E731
     assert best_epoch(rows(0.5, 0.6, 0.4)) == 1 and best_epoch(rows(0.5, 0.4, 0.45)) == 0
