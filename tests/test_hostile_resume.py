@@ -85,6 +85,17 @@ def test_resume_refuses_a_changed_setting_instead_of_ignoring_it(base, capsys, t
     assert code == 0 and "Trained 3 epochs" in out
 
 
+def test_resume_refuses_a_typed_setting_even_when_it_is_the_default(base, capsys, tmp_path):
+    from hostile import TINY
+    run = tmp_path / "run"
+    assert cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out", run, *TINY)[0] == 0
+    before = digest(run)
+    code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out", run,
+                       "--resume", "--self-critical-epochs", "1")  # 1 is fit's default; this run's is 0
+    assert code == 2 and "--self-critical-epochs 1 (this run: 0)" in err
+    assert digest(run) == before
+
+
 def test_resume_refuses_edited_captions_and_accepts_the_same_ones_rewritten(base, capsys, tmp_path):
     run, data = tmp_path / "run", tmp_path / "data"
     shutil.copytree(base["run"], run)

@@ -11,9 +11,9 @@ from captioning.training.options import FitOptions
 
 def fit(a):
     from captioning.training.fitting import fit as train
-    options = FitOptions(**namespace_options(a, FitOptions))
-    result = train(a.captions, a.features, a.out, options, format=a.format, resume=a.resume,
-                   verbose=1 if sys.stdout.isatty() else 2)
+    typed = namespace_options(a, FitOptions)
+    result = train(a.captions, a.features, a.out, FitOptions(**typed), format=a.format, resume=a.resume,
+                   verbose=1 if sys.stdout.isatty() else 2, given=set(typed) - {"epochs", "distribute"})
     if result is None:
         print(f"This worker's share of the training is done; the chief worker wrote the run folder {a.out}.")
         return

@@ -175,11 +175,13 @@ def _check_out(out: Path, resume: bool) -> None:
                               f"it holds {what}, or choose a new folder. Nothing was changed.")
 
 
-def _refuse_changed_settings(out, options: FitOptions, kept: dict) -> None:
-    """A setting asked for (not the default) that differs from the run's would be silently ignored."""
+def _refuse_changed_settings(out, options: FitOptions, kept: dict, given=None) -> None:
+    """A setting asked for that differs from the run's would be silently ignored. ``given``: the
+    options typed (the CLI knows; a typed default counts too); None: those that differ from the defaults."""
     default = FitOptions()
+    asked = (lambda k: k in given) if given is not None else (lambda k: getattr(options, k) != getattr(default, k))
     changed = [f"--{k.replace('_', '-')} {getattr(options, k)} (this run: {v})" for k, v in kept.items()
-               if getattr(options, k) != getattr(default, k) and getattr(options, k) != v]
+               if asked(k) and getattr(options, k) != v]
     if changed:
         raise UsageError(f"--resume continues {out} with its own settings, but {', '.join(changed)} "
                          f"{'differs' if len(changed) == 1 else 'differ'}. Leave "
@@ -188,7 +190,7 @@ def _refuse_changed_settings(out, options: FitOptions, kept: dict) -> None:
 
 
 def plan(captions, features, out, options: FitOptions = FitOptions(), format=None, resume: bool = False,
-         placement: Placement | None = None) -> FitPlan:
+         placement: Placement | None = None, given=None) -> FitPlan:
     out = Path(out)
     placement = placement or Placement("none")
     _check_out(out, resume)
@@ -200,7 +202,7 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
         known = {f.name for f in dataclasses.fields(FitOptions)}
         kept = {k: v for k, v in saved.training.items() if k in known and k not in ("epochs", "distribute")}
         kept.setdefault("tie_embeddings", saved.decoder.tie_embeddings)  # runs from before the option: untied
-        _refuse_changed_settings(out, options, kept)
+        _refuse_changed_settings(out, options, kept, given)
         options = dataclasses.replace(options, **kept)
         if options.epochs is None:  # a resumed run goes on to its own epochs unless told more
             options = dataclasses.replace(options, epochs=saved.training.get("epochs"))
@@ -410,8 +412,11 @@ def _write_neighbours(p: FitPlan) -> None:
 
 
 def fit(captions, features, out, options: FitOptions = FitOptions(), format=None, resume: bool = False,
-        verbose="auto") -> FitResult:
+        verbose="auto", given=None) -> FitResult:
     """Train a decoder on the train split, validate on dev, write the run folder ``out``.
+
+    ``given``: the names of the options the person typed (the CLI passes them): with ``resume``,
+    one that differs from the run's own setting is refused even when it is the default.
 
     With ``options.distribute`` the steps run on several devices or machines (see
     ``captioning.training.distribute``); a multi-worker run's other workers return None."""
@@ -421,7 +426,7 @@ def fit(captions, features, out, options: FitOptions = FitOptions(), format=None
         if not placement.chief:
             return _follow(placement, captions, features, Path(out), options, format, resume, verbose)
         with WriterLock(Path(out), "captioning fit"):  # checked again under the lock: a second fit refuses
-            p = plan(captions, features, out, options, format, resume, placement)
+            p = plan(captions, features, out, options, format, resume, placement, given)
             train(p, verbose)
             release(placement)  # one device from here: sampling moves batches of every size
             tune(p, verbose)
