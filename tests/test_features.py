@@ -222,3 +222,23 @@ def test_three_shards_merge_to_exactly_the_single_process_store(sample_dir, tmp_
                              out=tmp_path / "other.h5", show_progress=False).store.path
     assert main(["merge-features", "--out", str(tmp_path / "bad.h5"), parts[0], str(other)]) == 1
     assert "made differently" in capsys.readouterr().err
+    # a whole store with one of its shards is complete: nothing is missing
+    assert main(["merge-features", "--out", str(tmp_path / "whole+1.h5"), str(tmp_path / "all.h5"), parts[0]]) == 0
+    out = capsys.readouterr().out
+    assert "missing" not in out and f"{sizes[0]} images were in more than one part" in out
+    assert FeatureStore.open(tmp_path / "whole+1.h5").attrs["completed"]
+
+
+def test_merging_stores_of_other_photos_under_the_same_names_says_so(sample_dir, tmp_path, capsys):
+    import shutil
+    names = sorted(p.name for p in (sample_dir / "Images").iterdir())[:6]
+    for folder, order in (("a", names), ("b", names[1:] + names[:1])):  # b: the same names, other photos
+        (tmp_path / folder).mkdir()
+        for name, source in zip(names, order):
+            shutil.copy(sample_dir / "Images" / source, tmp_path / folder / name)
+        assert main(["extract-features", str(tmp_path / folder), "--backbone", "efficientnet_b0", "--weights", "none",
+                     "--out", str(tmp_path / f"{folder}.h5")]) == 0
+    capsys.readouterr()
+    assert main(["merge-features", "--out", str(tmp_path / "ab.h5"), str(tmp_path / "a.h5"), str(tmp_path / "b.h5")]) == 0
+    out = capsys.readouterr().out
+    assert "different image folders" in out and "6 of them have other features in another part" in out

@@ -11,6 +11,20 @@ from captioning.features.store import FeatureStore
 from captioning.features.writer import FeatureStoreWriter
 
 
+def _digest(row) -> np.ndarray:
+    """What is kept of a stored row to compare a later part's row of the same name against: a
+    64 numbers spread over it, so the check costs no memory per image worth mentioning."""
+    flat = np.asarray(row, np.float32).reshape(-1)
+    return flat[:: max(1, len(flat) // 64)][:64]
+
+
+def _differ(kept: np.ndarray, row) -> bool:
+    """Whether a row is not the kept one of its name (the same photo on two machines differs by float
+    round-off, about 1e-5 of its size; another photo by a good part of it)."""
+    other = _digest(row)
+    return float(np.linalg.norm(kept - other)) > 1e-2 * max(float(np.linalg.norm(kept)), float(np.linalg.norm(other)))
+
+
 def merge_features(out, parts, overwrite: bool = False, block: int = 1024):
     """Join the stores of a sharded extraction into ``out``.
 
@@ -27,9 +41,10 @@ def merge_features(out, parts, overwrite: bool = False, block: int = 1024):
         if diff:
             raise CaptioningError(f"{other.path} was made differently from {first.path} ({'; '.join(diff)}): "
                                   "features of different networks cannot be merged.")
-    notes, seen, duplicates = [], set(), 0
+    notes, seen, duplicates, clashes = [], {}, 0, []
     shards = {str(s.attrs.get("shard") or "") for s in stores} - {""}
-    if shards:
+    whole = [s for s in stores if not s.attrs.get("shard") and s.attrs.get("completed")]
+    if shards and not whole:  # a finished whole extraction among the parts holds every shard's images
         total = {int(x.split("/")[1]) for x in shards}
         have = {int(x.split("/")[0]) for x in shards}
         missing = sorted(set(range(1, max(total) + 1)) - have)
@@ -38,6 +53,11 @@ def merge_features(out, parts, overwrite: bool = False, block: int = 1024):
         if missing:
             notes.append(f"shards {', '.join(f'{k}/{max(total)}' for k in missing)} are missing: their images "
                          "are not in the merged store.")
+    roots = sorted({str(s.attrs.get("images_root")) for s in stores if s.attrs.get("images_root")})
+    if len(roots) > 1:
+        notes.append(f"the parts were extracted from different image folders ({', '.join(roots[:3])}): fine for one "
+                     "data set copied to several machines; if they hold different photos under the same names, "
+                     "the merged store keeps the first part's.")
     incomplete = [str(s.path) for s in stores if not s.attrs.get("completed")]
     if incomplete:
         notes.append(f"{len(incomplete)} parts are incomplete (their extraction did not finish): "
@@ -50,15 +70,20 @@ def merge_features(out, parts, overwrite: bool = False, block: int = 1024):
         for s in stores:
             for i in range(0, len(s), block):
                 ids = s.ids[i:i + block]
+                rows = s.rows(np.arange(i, i + len(ids)))
                 keep = [j for j, image in enumerate(ids) if image not in seen and image not in writer.done]
                 duplicates += len(ids) - len(keep)
-                seen.update(ids)
+                clashes += [image for j, image in enumerate(ids) if image in seen and _differ(seen[image], rows[j])]
+                seen.update({ids[j]: _digest(rows[j]) for j in keep})
                 if keep:
-                    writer.write_batch([ids[j] for j in keep], s.rows(np.arange(i, i + len(ids))[keep]))
+                    writer.write_batch([ids[j] for j in keep], rows[keep])
             writer.write_batch([], np.zeros((0, *s.feature_shape), attrs["dtype"]), list(s.failed.items()))
     finally:
         for s in stores:
             s.close()
     if duplicates:
         notes.append(f"{duplicates} images were in more than one part: kept once.")
+    if clashes:
+        notes.append(f"{len(clashes)} of them have other features in another part (e.g. {clashes[0]}): different "
+                     "photos under one file name, or another network's features; the first part's are kept.")
     return writer.finalize(completed=not incomplete and not any("missing" in n for n in notes)), notes
