@@ -46,25 +46,42 @@ def _task() -> tuple[str, int, dict]:
     if not raw:
         raise UsageError("--distribute multi-worker needs the TF_CONFIG environment variable (the cluster's "
                          "addresses and this worker's index); see docs/scaling.md.")
+    shape = ("{\"cluster\": {\"worker\": [\"host:port\", ...]}, \"task\": {\"type\": \"worker\", "
+             "\"index\": 0}}")
     try:
         config = json.loads(raw)
         task = config["task"]
-        return str(task["type"]), int(task["index"]), dict(config["cluster"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"TF_CONFIG is not a valid cluster description ({e}): it needs "
-                         "{\"cluster\": {\"worker\": [\"host:port\", ...]}, \"task\": {\"type\": \"worker\", "
-                         "\"index\": 0}}.") from None
+        kind, index, cluster = str(task["type"]), int(task["index"]), dict(config["cluster"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UsageError(f"TF_CONFIG is not a valid cluster description ({type(e).__name__}: {e}): it needs "
+                         f"{shape}.") from None
+    if kind not in ("chief", "worker"):
+        raise UsageError(f"TF_CONFIG names this process a {kind!r}: captioning trains with chief and worker tasks "
+                         "only (no evaluator or parameter servers); evaluate the run afterwards with "
+                         "`captioning evaluate`.")
+    hosts = cluster.get(kind)
+    if not isinstance(hosts, list) or not 0 <= index < len(hosts):
+        size = len(hosts) if isinstance(hosts, list) else 0
+        raise UsageError(f"TF_CONFIG gives this process task {kind} {index}, but its cluster lists {size} "
+                         f"{kind} address{'es' if size != 1 else ''}: the index must be between 0 and {size - 1}.")
+    bad = [h for tasks in cluster.values() for h in (tasks if isinstance(tasks, list) else [tasks])
+           if not isinstance(h, str) or ":" not in h]
+    if bad:
+        raise UsageError(f"TF_CONFIG's cluster holds {bad[0]!r}, which is not a host:port address: it needs {shape}.")
+    return kind, index, cluster
 
 
-def place(name: str = "auto") -> Placement:
-    """Choose (``auto``) or set up the placement ``name``; call before any model is built."""
+def place(name: str = "auto", cluster: bool = True) -> Placement:
+    """Choose (``auto``) or set up the placement ``name``; call before any model is built.
+    ``cluster=False`` (extraction, which shards instead): ``auto`` never joins the machines that a
+    ``TF_CONFIG`` left in the environment names."""
     if name not in CHOICES:
         raise UsageError(f"--distribute must be one of {', '.join(CHOICES)}; got {name!r}")
     if name == "none":
         return Placement("none")
     backend = import_keras().backend.backend()
     if backend == "tensorflow":
-        return _tensorflow(name)
+        return _tensorflow(name, cluster)
     if backend == "jax":
         return _jax(name)
     if name == "auto":
@@ -72,9 +89,9 @@ def place(name: str = "auto") -> Placement:
     raise UsageError(f"--distribute {name} needs the TensorFlow or JAX backend (this is {backend}).")
 
 
-def _tensorflow(name: str) -> Placement:
+def _tensorflow(name: str, cluster: bool = True) -> Placement:
     import tensorflow as tf
-    if name == "multi-worker" or (name == "auto" and os.environ.get("TF_CONFIG")):
+    if name == "multi-worker" or (name == "auto" and cluster and os.environ.get("TF_CONFIG")):
         kind, index, cluster = _task()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)

@@ -136,6 +136,30 @@ def test_multi_worker_needs_a_cluster(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(UsageError, match="TF_CONFIG is not a valid cluster description"):
         place("multi-worker")
+    workers = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    for task, says in [({"type": "worker", "index": 2}, "index must be between 0 and 1"),
+                       ({"type": "evaluator", "index": 0}, "chief and worker tasks only"),
+                       ({"type": "chief", "index": 0}, "lists 0 chief addresses"),
+                       ({"type": "worker"}, "not a valid cluster description")]:
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": workers, "task": task}))
+        with pytest.raises(UsageError, match=says):
+            place("multi-worker")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["nowhere"]}, "task": {"type": "worker",
+                                                                                          "index": 0}}))
+    with pytest.raises(UsageError, match="not a host:port address"):
+        place("multi-worker")
+
+
+@TENSORFLOW_ONLY
+def test_extraction_ignores_a_tf_config_left_in_the_environment(sample_dir, tmp_path, monkeypatch, capsys):
+    """A cluster description left in the environment (common on clusters), naming a worker that never
+    starts: extraction runs in this one process (it shards instead), rather than waiting for it."""
+    from captioning.cli import main
+    cluster = {"worker": ["127.0.0.1:9", "127.0.0.1:10"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert main(["extract-features", str(sample_dir / "Images"), "--backbone", BACKBONE, "--weights", "none",
+                 "--limit", "2", "--out", str(tmp_path / "f.h5")]) == 0
+    assert len(FeatureStore.open(tmp_path / "f.h5")) == 2
 
 
 def test_auto_and_none_stay_on_one_device_here(monkeypatch):

@@ -167,7 +167,7 @@ def extract_features(images_dir, backbone: str = "resnet50", weights=None, out=N
         raise UsageError("extract-features has no --distribute multi-worker: run one process per machine with "
                          "--shard K/N, then captioning merge-features.")
     made_by = None if loader else describe_weights(weights, seed)  # a missing weights file named before building
-    placement = place(distribute)
+    placement = place(distribute, cluster=False)  # a TF_CONFIG left in the environment is for fit
     with placement.scope():
         if loader:
             bb, model, pooling = loader.load(backbone, pooling, image_size)
