@@ -1,7 +1,7 @@
 """keras-hub presets as encoders (captioning/features/hub.py): tiny random-init backbones built from
 config, a CNN (ResNet) and a ViT-style one (CLIP, whose preset holds a text tower too), saved as
 local preset folders with their image converters, then extract → fit → caption through the CLI in
-fresh processes. No network: nothing is downloaded.
+fresh processes (extract, caption). No network: nothing is downloaded.
 """
 
 import json
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from captioning.backend import import_keras
+from captioning.cli import main
 from captioning.features import FeatureStore
 from hostile import cli, cli_process
 
@@ -55,9 +56,9 @@ def test_a_cnn_preset_extracts_fits_and_captions_a_raw_photo_in_fresh_processes(
     attrs = FeatureStore.open(store).attrs
     assert attrs["backbone"] == "keras_hub" and attrs["weights_path"] == str(presets["resnet"].resolve())
     assert int(attrs["input_size"]) == 32 and list(attrs["feature_shape"]) == [16]
-    done = cli_process("fit", "--captions", sample_dir, "--features", store, "--out", run, "--epochs", "1",
-                       "--batch-size", "8", "--units", "8", "--embed-dim", "8", "--self-critical-epochs", "0")
-    assert done.returncode == 0, done.stderr
+    assert main(["fit", "--captions", str(sample_dir), "--features", str(store), "--out", str(run), "--epochs", "1",
+                 "--batch-size", "8", "--units", "8", "--embed-dim", "8", "--self-critical-epochs", "0",
+                 "--matcher-epochs", "0"]) == 0
     image = FeatureStore.open(store).ids[0]
     monkeypatch.chdir(tmp_path)
     done = cli_process("caption", sample_dir / "Images" / image, "--run", run, "--json", "--greedy")
@@ -90,7 +91,8 @@ def test_a_changed_preset_folder_is_refused_when_captioning(presets, sample_dir,
     assert cli(capsys, "extract-features", sample_dir / "Images", "--backbone", f"hub:{folder}", "--out", store,
                "--captions", sample_dir)[0] == 0
     assert cli(capsys, "fit", "--captions", sample_dir, "--features", store, "--out", run, "--epochs", "1",
-               "--batch-size", "8", "--units", "8", "--embed-dim", "8", "--self-critical-epochs", "0")[0] == 0
+               "--batch-size", "8", "--units", "8", "--embed-dim", "8", "--self-critical-epochs", "0",
+               "--matcher-epochs", "0")[0] == 0
     _resnet(tmp_path / "other")
     shutil.copy(tmp_path / "other" / "model.weights.h5", folder / "model.weights.h5")  # other weights, same shapes
     image = sample_dir / "Images" / FeatureStore.open(store).ids[0]

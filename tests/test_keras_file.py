@@ -45,7 +45,7 @@ def encoder_run(sample_dir, tmp_path_factory):
     assert done.returncode == 0, done.stderr
     assert main(["fit", "--captions", str(sample_dir), "--features", str(store), "--out", str(root / "run"),
                  "--epochs", "2", "--batch-size", "8", "--units", "16", "--embed-dim", "8",
-                 "--self-critical-epochs", "0"]) == 0
+                 "--self-critical-epochs", "0", "--matcher-epochs", "0"]) == 0
     return {"root": root, "encoder": encoder, "store": store, "run": root / "run"}
 
 
