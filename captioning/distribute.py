@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 
+from captioning import keras_private
 from captioning.backend import import_keras
 from captioning.errors import UsageError
 
@@ -132,25 +133,18 @@ def prepare(model, placement: Placement, batch) -> None:
     if placement.strategy != "multi-worker":
         return
     with placement.scope():
-        model._symbolic_build(data_batch=batch)
-    model._maybe_symbolic_build = lambda *args, **kwargs: None
-    _patch_log_reduction()
+        keras_private.build_in_scope(model, batch)
+    keras_private.replace_log_reduction(_workers_mean)
 
 
-def _patch_log_reduction():
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-    if getattr(tf_trainer.reduce_per_replica, "captioning_patch", False):
-        return
+def _workers_mean(original):
     import tensorflow as tf
-    original = tf_trainer.reduce_per_replica
 
     def reduce_per_replica(values, strategy, reduction):
         if reduction in ("auto", "mean") and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
         return original(values, strategy, reduction)
-
-    reduce_per_replica.captioning_patch = True
-    tf_trainer.reduce_per_replica = reduce_per_replica
+    return reduce_per_replica
 
 
 def feed(seq, placement: Placement):

@@ -88,7 +88,7 @@ class SequenceLSTM(keras.layers.LSTM):
     a single output), Keras' own implementation runs.
     """
 
-    def inner_loop(self, sequences, initial_state, mask, training=False):
+    def inner_loop(self, sequences, initial_state, mask, training=False):  # private: keras_private.LSTM_HOOK
         cell = self.cell
         plain = (cell.activation is keras.activations.tanh and cell.recurrent_activation is keras.activations.sigmoid
                  and cell.use_bias and not (cell.dropout or cell.recurrent_dropout or self.go_backwards
