@@ -18,7 +18,7 @@ import os
 
 from captioning import keras_private
 from captioning.backend import import_keras
-from captioning.errors import UsageError
+from captioning.errors import CaptioningError, UsageError
 
 CHOICES = ("auto", "none", "mirrored", "multi-worker")
 
@@ -94,6 +94,7 @@ def _tensorflow(name: str, cluster: bool = True) -> Placement:
     import tensorflow as tf
     if name == "multi-worker" or (name == "auto" and cluster and os.environ.get("TF_CONFIG")):
         kind, index, cluster = _task()
+        _meet_the_cluster(kind, index, cluster)
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
         return Placement("multi-worker", strategy.num_replicas_in_sync, chief, index, strategy)
@@ -103,6 +104,57 @@ def _tensorflow(name: str, cluster: bool = True) -> Placement:
         return Placement("none")
     strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
     return Placement("mirrored", strategy.num_replicas_in_sync, _tf_strategy=strategy)
+
+
+WAIT_ENV = "CAPTIONING_CLUSTER_TIMEOUT"  # seconds to wait for the other workers (default 300)
+
+
+def _meet_the_cluster(kind: str, index: int, cluster: dict) -> None:
+    """Wait, at most ``CAPTIONING_CLUSTER_TIMEOUT`` seconds, until every other worker's address
+    answers, before TensorFlow's strategy starts: inside it TensorFlow waits for a missing worker
+    for an hour, holding the interpreter and ignoring SIGTERM. Meanwhile this worker answers on
+    its own address, so the others see it too; TensorFlow's server takes the port over after."""
+    import socket
+    import sys
+    import time
+    limit = float(os.environ.get(WAIT_ENV, "300"))
+    own = cluster[kind][index]
+    others = {f"{k} {i} ({h})": h for k, hosts in cluster.items() for i, h in enumerate(hosts) if (k, i) != (kind, index)}
+    listener = None
+    try:
+        host, _, port = own.rpartition(":")
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("", int(port)))
+        listener.listen(16)
+    except (OSError, ValueError):
+        listener = None  # the port is taken (TensorFlow will say so) or unusable: only look for the others
+    start, told, waiting = time.monotonic(), False, dict(others)
+    try:
+        while waiting:
+            for name, address in list(waiting.items()):
+                host, _, port = address.rpartition(":")
+                try:
+                    socket.create_connection((host, int(port)), timeout=1).close()
+                    del waiting[name]
+                except (OSError, ValueError):
+                    pass
+            elapsed = time.monotonic() - start
+            if waiting and elapsed > limit:
+                raise CaptioningError(f"waited {limit:.0f} s for the cluster in TF_CONFIG, and {', '.join(waiting)} "
+                                      "never answered. Start the same command there with its own TF_CONFIG (its task "
+                                      "index), or train on this machine alone with --distribute none (and unset "
+                                      f"TF_CONFIG). {WAIT_ENV} sets how long to wait.")
+            if waiting and not told and elapsed > 10:
+                print(f"waiting for {', '.join(waiting)} of TF_CONFIG's cluster (at most {limit:.0f} s)",
+                      file=sys.stderr, flush=True)
+                told = True
+            if waiting:
+                time.sleep(0.5)
+        time.sleep(1.0)  # the others' last look at this worker's address
+    finally:
+        if listener is not None:
+            listener.close()
 
 
 def _jax(name: str) -> Placement:

@@ -151,6 +151,25 @@ def test_multi_worker_needs_a_cluster(monkeypatch):
 
 
 @TENSORFLOW_ONLY
+def test_a_worker_that_never_starts_is_named_after_a_bounded_wait(learnable, tmp_path):
+    with socket.socket() as s:  # a free port: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        own = s.getsockname()[1]
+    cluster = {"worker": [f"127.0.0.1:{own}", f"127.0.0.1:{free}"]}
+    env = {**os.environ, "CAPTIONING_CLUSTER_TIMEOUT": "3",
+           "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})}
+    done = subprocess.run([sys.executable, "-m", "captioning", "fit", "--captions", str(learnable["data"]),
+                           "--features", str(learnable["features"]), "--out", str(tmp_path / "run"), "--distribute",
+                           "multi-worker"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and f"worker 1 (127.0.0.1:{free}) never answered" in done.stderr
+    assert "--distribute none" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@TENSORFLOW_ONLY
 def test_extraction_ignores_a_tf_config_left_in_the_environment(sample_dir, tmp_path, monkeypatch, capsys):
     """A cluster description left in the environment (common on clusters), naming a worker that never
     starts: extraction runs in this one process (it shards instead), rather than waiting for it."""
