@@ -25,7 +25,11 @@ def sample_features(workdir="work", images: int = 300, backbone: str = "resnet50
     data = workdir / "sample"
     if not (data / "Flickr8k.token.txt").exists():
         make_sample(data, images=images, seed=seed)
-    store_path = workdir / "features" / f"sample_{backbone}.h5"
+    from captioning.features.backbones import external
+    label = Path(str(backbone).replace("hub:", "")).stem if external(backbone) else backbone
+    store_path = workdir / "features" / f"sample_{label}.h5"
+    if external(backbone):  # a .keras file or a keras-hub preset brings its own weights
+        return data, extract_features(data / "Images", backbone=backbone, out=store_path), f"the weights of {backbone}"
     try:
         extraction = extract_features(data / "Images", backbone=backbone, weights="imagenet", out=store_path)
         weights_used = "ImageNet weights"

@@ -150,3 +150,11 @@ def test_options_that_do_not_apply_are_refused(sample_dir, tmp_path, capsys):
     code, _, err = cli(capsys, *common, "--backbone", "efficientnet_b0", "--weights", "none", "--image-size", "64")
     assert code == 2 and "--image-size" in err
     assert not (tmp_path / "f.h5").exists()
+
+
+def test_the_demo_and_the_notebooks_take_a_keras_file_as_their_backbone(tmp_path):
+    from captioning.demo import sample_features
+    encoder = _encoder(tmp_path / "e.keras")
+    data, extraction, weights = sample_features(tmp_path / "work", images=12, backbone=str(encoder))
+    assert extraction.store.attrs["backbone"] == "keras_file" and len(extraction.store) == 12
+    assert extraction.store.path.name == "sample_e.h5" and "e.keras" in weights
