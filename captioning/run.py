@@ -4,6 +4,8 @@ A run folder holds everything needed to caption a raw photo months later: ``mode
 next-word model, loaded in safe mode), ``vocab.json`` (tokens and cleaning options) and
 ``config.json`` (a ``FeatureSpec`` of the features it was trained on, the ``DecoderConfig``, the
 training settings and results), plus ``history.csv``, ``training_curves.png`` and ``checkpoints/``.
+An exported bundle (``captioning.export``) is a run folder without checkpoints that also holds its
+image encoder as ``encoder.keras``, so it needs neither the original weights file nor its path.
 When ``model.keras`` is a self-critical epoch's, ``cross_entropy.keras`` is the next-word model before
 that tuning: re-ranking pools the captions beam search finds with each (docs/results.md).
 Every file is written under a temporary name and renamed. Importing this module imports the
@@ -38,6 +40,7 @@ class Run:
     results: dict = dataclasses.field(default_factory=dict)  # epochs run, losses
     feature_store: str | None = None  # the store it was trained on (absolute path)
     files: dict = dataclasses.field(default_factory=dict)  # name → sha256 of the files fit wrote last
+    export: dict = dataclasses.field(default_factory=dict)  # an exported bundle: its encoder file, where from
 
     AUXILIARY = ("cross_entropy.keras", "neighbours.h5", "matcher.keras")  # read by re-ranking
 
@@ -68,6 +71,8 @@ class Run:
                   "features": self.feature_spec.to_dict(), "feature_store": self.feature_store,
                   "cleaning": self.vocab.cleaning.to_dict(), "data": self.data, "training": self.training,
                   "results": self.results, "files": self.files, "keras_version": keras.__version__}
+        if self.export:
+            config["export"] = self.export
         return atomic.write_text(run_dir / "config.json", json.dumps(config, indent=2))
 
     @classmethod
@@ -89,7 +94,8 @@ class Run:
             raise CaptioningError(f"{run_dir / 'vocab.json'} has {len(vocab)} tokens but the model expects "
                                   f"{decoder.vocab_size}: the files come from different runs.")
         files = config.get("files") if isinstance(config.get("files"), dict) else {}
-        return cls(features, decoder, vocab, training, data, results, config.get("feature_store"), files)
+        export = config.get("export") if isinstance(config.get("export"), dict) else {}
+        return cls(features, decoder, vocab, training, data, results, config.get("feature_store"), files, export)
 
 
 def load_config(run_dir) -> dict:

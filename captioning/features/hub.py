@@ -68,7 +68,7 @@ def describe(name: str) -> dict:
             "weights_sha256": sha}
 
 
-def _keras_hub():
+def require_keras_hub():
     try:
         import keras_hub
     except ImportError:
@@ -80,7 +80,7 @@ def _keras_hub():
 def load(name: str, pooling: str, image_size: int | None = None):
     """(``HubBackbone``, the encoder as one model: RGB 0–255 (N, S, S, 3) → (N, D) or the grid,
     the pooling to record)."""
-    keras, keras_hub = import_keras(), _keras_hub()
+    keras, keras_hub = import_keras(), require_keras_hub()
     preset = preset_of(name)
     if not preset:
         raise UsageError("--backbone hub: names no preset; give hub:NAME, hub:kaggle://…, hub:hf://… or hub:FOLDER")

@@ -233,10 +233,24 @@ class Captioner:
         """The CNN that made the training features, rebuilt from the run's record."""
         if self._backbone is None:
             from captioning.features.backbones import backbone_for_spec, build_model, weights_for_spec
-            weights, seed = weights_for_spec(self.feature_spec, self._weights_override, self.notes)
             bb = backbone_for_spec(self.feature_spec)
-            self._backbone = (bb, build_model(bb, weights, self.feature_spec.pooling, seed))
+            if self.run.export.get("encoder"):
+                self._backbone = (bb, self._bundled_encoder(self.run.export["encoder"]))
+            else:
+                weights, seed = weights_for_spec(self.feature_spec, self._weights_override, self.notes)
+                self._backbone = (bb, build_model(bb, weights, self.feature_spec.pooling, seed))
         return self._backbone
+
+    def _bundled_encoder(self, name: str):
+        """An exported bundle's own encoder (``captioning.export``), checked against its recorded sha256."""
+        if self._weights_override:
+            raise CaptioningError(f"--weights {self._weights_override}: {self.run_dirs[0]} is an exported bundle "
+                                  f"that brings its image encoder ({name}); leave out --weights.")
+        if self.feature_spec.backbone == "keras_hub":
+            from captioning.features.hub import require_keras_hub
+            require_keras_hub()  # registers the preset's layers before the file is read
+        path = self.run.check_file(self.run_dirs[0], name, "export the run again.")
+        return load_model(path)
 
     def image_features(self, images) -> np.ndarray:
         """Features for image paths or uint8 RGB arrays, computed exactly as ``extract-features`` does."""

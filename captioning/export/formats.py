@@ -1,0 +1,15 @@
+"""``export(run, out, format)``: the one entry point the CLI and notebooks call, by format name."""
+
+from __future__ import annotations
+
+from captioning.errors import UsageError
+
+FORMATS = ("bundle",)
+
+
+def export(run_dir, out, format: str = "bundle", weights=None, allow_partial: bool = False):
+    """Export ``run_dir`` to ``out`` as ``format`` (one of ``FORMATS``); returns an ``Export``."""
+    if format not in FORMATS:
+        raise UsageError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    from captioning.export.bundle import export_bundle
+    return export_bundle(run_dir, out, weights=weights, allow_partial=allow_partial)
