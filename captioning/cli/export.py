@@ -19,7 +19,9 @@ def add_commands(add):
     p.add_argument("run", metavar="RUN_DIR", help="the run folder written by `captioning fit`")
     p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (replaced if an earlier export)")
     p.add_argument("--format", choices=FORMATS, default="bundle",
-                   help="bundle: a run folder with its image encoder, for Captioner.load and `captioning caption`")
+                   help="bundle: a run folder with its image encoder, for Captioner.load and `captioning caption` "
+                        "(every decoding, re-ranking included); saved_model: a TensorFlow SavedModel, image bytes → "
+                        "caption with beam search in the graph, for TensorFlow Serving (no re-ranking)")
     p.add_argument("--weights", metavar="PATH", help="the backbone's weights file, if the recorded one has moved")
     p.add_argument("--allow-partial", action="store_true", help="export a run that a killed fit left half saved")
     p.set_defaults(func=export)

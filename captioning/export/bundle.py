@@ -22,6 +22,7 @@ import numpy as np
 from captioning.errors import CaptioningError
 
 ENCODER_FILE = "encoder.keras"
+EXPORT_FILE = "export.json"  # what a graph export (SavedModel, TFLite) is and where it came from
 COPIED = ("model.keras", "vocab.json", "cross_entropy.keras", "neighbours.h5", "matcher.keras", "history.csv")
 REQUIRED = ("model.keras", "vocab.json", "config.json")
 
@@ -46,6 +47,8 @@ class Export:
 def is_export(folder) -> bool:
     """A folder an earlier ``export`` wrote (so writing there again may replace it)."""
     import json
+    if (Path(folder) / EXPORT_FILE).is_file():
+        return True
     try:
         return "export" in json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

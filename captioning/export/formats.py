@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from captioning.errors import UsageError
 
-FORMATS = ("bundle",)
+FORMATS = ("bundle", "saved_model")
 
 
 def export(run_dir, out, format: str = "bundle", weights=None, allow_partial: bool = False):
     """Export ``run_dir`` to ``out`` as ``format`` (one of ``FORMATS``); returns an ``Export``."""
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format == "saved_model":
+        from captioning.export.saved_model import export_saved_model
+        return export_saved_model(run_dir, out, weights=weights, allow_partial=allow_partial)
     from captioning.export.bundle import export_bundle
     return export_bundle(run_dir, out, weights=weights, allow_partial=allow_partial)
