@@ -129,3 +129,38 @@ def test_bad_input_is_refused_and_nothing_is_half_written(exported, tmp_path, ca
     assert main(["export", str(run), "--out", str(again), "--weights", weights]) == 0
     assert not (again / "stale.txt").exists() and (again / "encoder.keras").is_file()
     assert not list(tmp_path.glob(".again*"))
+
+
+LOAD_SAVED_MODEL = """
+import json, sys
+import tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+images = tf.constant([open(p, "rb").read() for p in sys.argv[3:]])
+name = sys.argv[2]
+args = {"images": images} if name != "beam" else {"images": images, "beam_size": tf.constant(3)}
+out = model.signatures[name](**args)
+print(json.dumps([[c.decode(), float(p)] for c, p in zip(out["caption"].numpy(), out["log_prob"].numpy())]))
+assert "captioning" not in sys.modules
+"""
+
+
+@pytest.fixture(scope="module")
+def saved_model(exported):
+    out = exported["root"] / "saved_model"
+    assert main(["export", str(exported["bundle"]), "--out", str(out), "--format", "saved_model"]) == 0
+    return out
+
+
+def test_the_saved_model_captions_image_bytes_as_captioning_caption_does(exported, saved_model, tmp_path):
+    images = exported["images"]
+    for signature, extra in (("greedy", ["--greedy"]), ("beam", ["--beam", "3", "--no-rerank"]),
+                             ("serving_default", ["--beam", "16", "--no-rerank"])):
+        done = subprocess.run([sys.executable, "-c", LOAD_SAVED_MODEL, str(saved_model), signature, *map(str, images)],
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        graph = json.loads(done.stdout)
+        python = _caption(exported["bundle"], images, *extra)
+        assert [c for c, _ in graph] == [c["caption"] for c in python], signature
+        assert all(abs(p - c["log_prob"]) < 1e-4 for (_, p), c in zip(graph, python)), signature
+    record = json.loads((saved_model / "export.json").read_text())
+    assert record["format"] == "saved_model" and "serving_default" in record["signatures"]

@@ -69,19 +69,21 @@ def greedy(steps: Steps, features):
 def beam(steps: Steps, features, k, alpha: float):
     """(tokens (B, T), lengths (B,), log p (B,)): beam search of width ``k`` (a scalar tensor), finished
     captions ranked by log p / length**alpha; the best partial caption where none finished."""
-    rows, steps_max, width = tf.shape(features)[0], steps.max_length - 1, 2 * k
+    rows, steps_max = tf.shape(features)[0], steps.max_length - 1
+    words = tf.minimum(2 * k, steps.vocab_size)  # each beam's best words: all of a tiny vocabulary
+    width = tf.minimum(2 * k, k * words)
     state = [tf.repeat(s, k, axis=0) for s in steps.start(features)]
     first = tf.concat([tf.zeros([rows, 1], tf.float64), tf.fill([rows, k - 1], _neg())], 1)
     at = tf.range(steps_max)
 
     def body(t, tokens, state, beam_logp, seqs, best, count, active, fallback):
         log_p, new_state = steps.step(tokens, state)
-        values, ids = tf.math.top_k(log_p, width)  # each beam's best words
-        total = tf.reshape(beam_logp[:, :, None] + tf.cast(tf.reshape(values, [rows, k, width]), tf.float64),
-                           [rows, k * width])
+        values, ids = tf.math.top_k(log_p, words)  # banned words come last, at -inf, and are never taken
+        total = tf.reshape(beam_logp[:, :, None] + tf.cast(tf.reshape(values, [rows, k, words]), tf.float64),
+                           [rows, k * words])
         cand_logp, cand = tf.math.top_k(total, width)
-        parent = cand // width
-        tok = tf.gather(tf.reshape(ids, [rows, k * width]), cand, batch_dims=1)
+        parent = cand // words
+        tok = tf.gather(tf.reshape(ids, [rows, k * words]), cand, batch_dims=1)
         finite = tf.math.is_finite(cand_logp)
         ends, grows = finite & (tok == steps.end_id), finite & (tok != steps.end_id)
         rank = tf.cumsum(tf.cast(grows, tf.int32), axis=1)
