@@ -8,6 +8,7 @@ weights, seeded), with every re-ranking file, so the default decoding uses all o
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -131,17 +132,21 @@ def test_bad_input_is_refused_and_nothing_is_half_written(exported, tmp_path, ca
     assert not list(tmp_path.glob(".again*"))
 
 
-LOAD_SAVED_MODEL = """
-import json, sys
-import tensorflow as tf
-model = tf.saved_model.load(sys.argv[1])
-images = tf.constant([open(p, "rb").read() for p in sys.argv[3:]])
-name = sys.argv[2]
-args = {"images": images} if name != "beam" else {"images": images, "beam_size": tf.constant(3)}
-out = model.signatures[name](**args)
-print(json.dumps([[c.decode(), float(p)] for c, p in zip(out["caption"].numpy(), out["log_prob"].numpy())]))
-assert "captioning" not in sys.modules
-"""
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+
+
+def _example(name, *args, cwd):
+    """Run one of docs/examples in a fresh process that never imports captioning."""
+    script = f"import runpy, sys; sys.argv = {[name, *map(str, args)]!r}; " \
+             f"runpy.run_path({str(EXAMPLES / name)!r}, run_name='__main__'); assert 'captioning' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=cwd)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def _same(example, python, tolerance):
+    assert [c["caption"] for c in example] == [c["caption"] for c in python]
+    assert all(abs(a["log_prob"] - b["log_prob"]) < tolerance for a, b in zip(example, python))
 
 
 @pytest.fixture(scope="module")
@@ -153,14 +158,24 @@ def saved_model(exported):
 
 def test_the_saved_model_captions_image_bytes_as_captioning_caption_does(exported, saved_model, tmp_path):
     images = exported["images"]
-    for signature, extra in (("greedy", ["--greedy"]), ("beam", ["--beam", "3", "--no-rerank"]),
-                             ("serving_default", ["--beam", "16", "--no-rerank"])):
-        done = subprocess.run([sys.executable, "-c", LOAD_SAVED_MODEL, str(saved_model), signature, *map(str, images)],
-                              capture_output=True, text=True, cwd=tmp_path)
-        assert done.returncode == 0, done.stderr[-2000:]
-        graph = json.loads(done.stdout)
-        python = _caption(exported["bundle"], images, *extra)
-        assert [c for c, _ in graph] == [c["caption"] for c in python], signature
-        assert all(abs(p - c["log_prob"]) < 1e-4 for (_, p), c in zip(graph, python)), signature
+    for mode, extra in ((["greedy"], ["--greedy"]), (["beam", "3"], ["--beam", "3", "--no-rerank"]),
+                        ([], ["--beam", "16", "--no-rerank"])):  # serving_default
+        graph = _example("caption_saved_model.py", saved_model, *mode, *images, cwd=tmp_path)
+        _same(graph, _caption(exported["bundle"], images, *extra), 1e-4)
     record = json.loads((saved_model / "export.json").read_text())
     assert record["format"] == "saved_model" and "serving_default" in record["signatures"]
+
+
+def test_the_tflite_models_caption_as_the_keras_models_do(exported, tmp_path):
+    images = exported["images"]
+    python = _caption(exported["bundle"], images, "--greedy")
+    for precision in ("float32", "int8"):
+        out = tmp_path / precision
+        assert main(["export", str(exported["bundle"]), "--out", str(out), "--format", "tflite",
+                     "--precision", precision]) == 0
+        host = _example("caption_tflite.py", out, *images, cwd=tmp_path)
+        if precision == "float32":
+            _same(host, python, 1e-3)
+        assert len(host) == len(images) and json.loads((out / "export.json").read_text())["precision"] == precision
+    size = {p: (tmp_path / p / "encoder.tflite").stat().st_size for p in ("int8", "float32")}
+    assert size["int8"] < 0.4 * size["float32"]  # 8-bit weights (the tiny step model keeps float ones)
