@@ -29,11 +29,12 @@ def _modules(package: str) -> dict:
 
 
 @pytest.mark.parametrize("below, above", [
-    ("metrics", ("data", "features", "decoders", "training", "inference", "evaluation", "cli", "run")),
-    ("inference", ("training", "evaluation", "cli")),
-    ("training", ("evaluation", "cli")),  # fit writes what inference reads (search, re-ranking files)
-    ("decoders", ("training", "inference", "evaluation", "cli", "run")),
-    ("data", ("features", "training", "inference", "evaluation", "cli")),
+    ("metrics", ("data", "features", "decoders", "training", "inference", "evaluation", "export", "cli", "run")),
+    ("inference", ("training", "evaluation", "export", "cli")),
+    ("training", ("evaluation", "export", "cli")),  # fit writes what inference reads (search, re-ranking files)
+    ("decoders", ("training", "inference", "evaluation", "export", "cli", "run")),
+    ("data", ("features", "training", "inference", "evaluation", "export", "cli")),
+    ("export", ("training", "evaluation", "cli")),  # export reads a finished run through inference
 ])
 def test_no_import_runs_back_up(below, above):
     for path, imported in _modules(below).items():
@@ -54,7 +55,8 @@ print("HEAVY", heavy, file=sys.stderr)
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["fit", "--help"], ["caption", "--help"],
-                                  ["evaluate", "--help"], ["extract-features", "--help"], ["demo", "--help"]])
+                                  ["evaluate", "--help"], ["extract-features", "--help"], ["export", "--help"],
+                                  ["demo", "--help"]])
 def test_the_cli_answers_help_and_version_without_loading_keras(args):
     done = subprocess.run([sys.executable, "-c", _LIGHT, *args], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in done.stderr, done.stderr[-2000:]
