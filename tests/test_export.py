@@ -179,3 +179,26 @@ def test_the_tflite_models_caption_as_the_keras_models_do(exported, tmp_path):
         assert len(host) == len(images) and json.loads((out / "export.json").read_text())["precision"] == precision
     size = {p: (tmp_path / p / "encoder.tflite").stat().st_size for p in ("int8", "float32")}
     assert size["int8"] < 0.4 * size["float32"]  # 8-bit weights (the tiny step model keeps float ones)
+
+
+def test_a_killed_export_leaves_nothing_under_its_name_and_the_next_one_cleans_up(exported, tmp_path):
+    import signal
+    import time
+    out = tmp_path / "killed"
+    for delay in (2.0, 5.0):  # while loading the run, and while writing
+        proc = subprocess.Popen([sys.executable, "-m", "captioning", "export", str(exported["bundle"]), "--out",
+                                 str(out), "--format", "saved_model"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not out.exists()
+    assert main(["export", str(exported["bundle"]), "--out", str(out), "--format", "saved_model"]) == 0
+    assert (out / "saved_model.pb").is_file() and [p.name for p in tmp_path.iterdir()] == ["killed"]
+
+    from captioning.errors import UsageError
+    from captioning.export import export
+    with pytest.raises(UsageError, match="choose one of bundle, saved_model, tflite"):
+        export(exported["bundle"], tmp_path / "x", "onnx")
+    with pytest.raises(UsageError, match="--precision is for --format tflite"):
+        export(exported["bundle"], tmp_path / "x", "bundle", precision="int8")
