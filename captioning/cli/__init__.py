@@ -1,5 +1,5 @@
 """``captioning`` command line: each subcommand is a thin shell over one library function, in the
-module of its stage beside its options (``data``, ``features``, ``fit``, ``captions``, ``export``, ``demo``).
+module of its stage beside its options (``data``, ``features``, ``fit``, ``captions``, ``export``, ``serve``, ``demo``).
 Nothing here imports Keras: ``--help`` and ``--version`` answer at once.
 
 Exit codes: 0 success; 1 a problem explained on stderr (bad input, missing weights, …);
@@ -17,7 +17,7 @@ import os
 import sys
 
 from captioning import __version__, backend
-from captioning.cli import captions, data, demo, export, features, fit
+from captioning.cli import captions, data, demo, export, features, fit, serve
 from captioning.cli.common import HelpFormatter
 from captioning.errors import CaptioningError, UsageError
 
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show TensorFlow's log output and tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add = functools.partial(sub.add_parser, formatter_class=HelpFormatter, parents=[common])
-    for stage in (data, features, fit, captions, export, demo):  # the pipeline's order, as `--help` lists them
+    for stage in (data, features, fit, captions, export, serve, demo):  # the pipeline's order, as `--help` lists them
         stage.add_commands(add)
     return parser
 

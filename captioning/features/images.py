@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -37,17 +38,19 @@ def _too_large(size: str) -> str:
 
 
 def load_image(path, size: int) -> np.ndarray:
-    """(size, size, 3) uint8 RGB from a file path or an array; raises ``ImageError`` with the reason
-    for anything unusable."""
+    """(size, size, 3) uint8 RGB from a file path, an array or an encoded file's bytes (an upload);
+    raises ``ImageError`` with the reason for anything unusable."""
+    if isinstance(path, (bytes, bytearray)):
+        path = io.BytesIO(path)
     if isinstance(path, np.ndarray):
         if path.ndim not in (2, 3) or 0 in path.shape[:2] or (path.ndim == 3 and path.shape[2] not in (1, 3, 4)):
             raise ImageError(f"an array of shape {path.shape} is not an image: give (height, width) grey or "
                              "(height, width, 3 or 4) RGB(A) pixels, each side at least 1")
         array = path[..., 0] if path.ndim == 3 and path.shape[2] == 1 else path
         return np.asarray(_to_rgb(Image.fromarray(array)).resize((size, size), Image.BILINEAR), dtype=np.uint8)
-    if str(path).startswith(("http://", "https://")):
+    if isinstance(path, str) and path.startswith(("http://", "https://")):
         raise ImageError("a web address: download the image first (captioning reads files, not the web)")
-    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block the read, a device never end
+    if not isinstance(path, io.BytesIO) and os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block the read, a device never end
         raise ImageError("not a regular file (a folder, a pipe or a device): give image files")
     try:
         with warnings.catch_warnings():
