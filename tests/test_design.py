@@ -29,12 +29,14 @@ def _modules(package: str) -> dict:
 
 
 @pytest.mark.parametrize("below, above", [
-    ("metrics", ("data", "features", "decoders", "training", "inference", "evaluation", "export", "cli", "run")),
-    ("inference", ("training", "evaluation", "export", "cli")),
-    ("training", ("evaluation", "export", "cli")),  # fit writes what inference reads (search, re-ranking files)
-    ("decoders", ("training", "inference", "evaluation", "export", "cli", "run")),
-    ("data", ("features", "training", "inference", "evaluation", "export", "cli")),
-    ("export", ("training", "evaluation", "cli")),  # export reads a finished run through inference
+    ("metrics", ("data", "features", "decoders", "training", "inference", "evaluation", "export", "serve", "cli",
+                 "run")),
+    ("inference", ("training", "evaluation", "export", "serve", "cli")),
+    ("training", ("evaluation", "export", "serve", "cli")),  # fit writes what inference reads (search, re-ranking)
+    ("decoders", ("training", "inference", "evaluation", "export", "serve", "cli", "run")),
+    ("data", ("features", "training", "inference", "evaluation", "export", "serve", "cli")),
+    ("export", ("training", "evaluation", "serve", "cli")),  # export reads a finished run through inference
+    ("serve", ("training", "evaluation", "export", "cli")),
 ])
 def test_no_import_runs_back_up(below, above):
     for path, imported in _modules(below).items():
@@ -55,7 +57,7 @@ print("HEAVY", heavy, file=sys.stderr)
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["fit", "--help"], ["caption", "--help"],
-                                  ["evaluate", "--help"], ["extract-features", "--help"], ["export", "--help"],
+                                  ["evaluate", "--help"], ["extract-features", "--help"], ["export", "--help"], ["serve", "--help"],
                                   ["demo", "--help"]])
 def test_the_cli_answers_help_and_version_without_loading_keras(args):
     done = subprocess.run([sys.executable, "-c", _LIGHT, *args], capture_output=True, text=True, timeout=60)

@@ -24,7 +24,7 @@ def runs(learnable, tmp_path_factory):
     root = tmp_path_factory.mktemp("ensemble")
     small = dict(epochs=4, batch_size=16, units=64, embed_dim=32, dropout=0.3, self_critical_epochs=0)
     fit(learnable["data"], learnable["features"], root / "init", FitOptions(decoder="init-inject", min_count=1,
-                                                                             **small), verbose=0)
+                                                                             matcher_epochs=0, **small), verbose=0)
     # min count 60 drops the sample's rarest words (each seen 51 or 55 times): another vocabulary
     fit(learnable["data"], learnable["features"], root / "other", FitOptions(decoder="merge", min_count=60,
                                                                               matcher_epochs=0, **small), verbose=0)
