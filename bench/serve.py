@@ -34,8 +34,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run, port):
-    proc = subprocess.Popen([sys.executable, "-m", "captioning", "serve", "--run", str(run), "--port", str(port)],
+def start_server(run, port, extra):
+    proc = subprocess.Popen([sys.executable, "-m", "captioning", "serve", "--run", str(run), "--port", str(port), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -78,6 +78,8 @@ def main():
     ap.add_argument("--run", required=True)
     ap.add_argument("--images", type=Path, default=SHARED / "flickr8k" / "Images224")
     ap.add_argument("--photos", type=int, default=320)
+    ap.add_argument("--window-ms", type=float, help="the server's --batch-window-ms (default: its own)")
+    ap.add_argument("--levels", default="1,4,16", help="numbers of concurrent clients")
     ap.add_argument("--decoding", default="recommended", choices=("recommended", "beam", "greedy"))
     a = ap.parse_args()
     photos = sorted(p for p in a.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[: a.photos]
@@ -90,13 +92,13 @@ def main():
     folder = len(photos) / (time.perf_counter() - start)
     del captioner
 
-    proc, url = start_server(a.run, free_port())
+    proc, url = start_server(a.run, free_port(), ["--batch-window-ms", str(a.window_ms)] if a.window_ms else [])
     try:
         load(url, photos[:32], 4, a.decoding)  # warm the server the same way
         print(f"{len(photos)} photos from {a.images}, decoding {a.decoding}\n")
         print("| clients | requests | requests/s | p50 latency (ms) | p99 latency (ms) | / folder rate |")
         print("|---|---|---|---|---|---|")
-        for clients in (1, 4, 16):
+        for clients in map(int, a.levels.split(",")):
             n = len(photos) if clients > 1 else min(len(photos), 40)
             rate, p50, p99 = load(url, photos[:n], clients, a.decoding)
             print(f"| {clients} | {n} | {rate:.1f} | {p50:.0f} | {p99:.0f} | {rate / folder:.2f} |", flush=True)
