@@ -1,4 +1,8 @@
-"""The Colab notebooks run top to bottom on the sample set, offline, as part of the test command."""
+"""The Colab notebooks run top to bottom on the sample set, offline, as part of the test command.
+
+04_inference trains an attention decoder on a spatial store besides its decoding lessons (four
+minutes on two cores): it runs with ``pytest -m slow``; the code it teaches is tested by
+test_attention.py, test_decoding.py and test_consensus.py in the default run."""
 
 from pathlib import Path
 
@@ -24,7 +28,11 @@ def test_there_are_five_notebooks_stored_without_outputs():
         assert "colab-badge" in nb.cells[0].source and "USE YOUR OWN DATA" in nb.cells[2].source
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+SLOW = {"04_inference.ipynb"}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW else p for p in NOTEBOOKS],
+                         ids=lambda p: p.name)
 def test_notebook_runs(path, workdir):
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
