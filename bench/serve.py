@@ -96,12 +96,19 @@ def main():
     try:
         load(url, photos[:32], 4, a.decoding)  # warm the server the same way
         print(f"{len(photos)} photos from {a.images}, decoding {a.decoding}\n")
-        print("| clients | requests | requests/s | p50 latency (ms) | p99 latency (ms) | / folder rate |")
-        print("|---|---|---|---|---|---|")
+        print("| clients | requests | requests/s | p50 latency (ms) | p99 latency (ms) | / folder rate | "
+              "photos per batch | worker busy |")
+        print("|---|---|---|---|---|---|---|---|")
         for clients in map(int, a.levels.split(",")):
             n = len(photos) if clients > 1 else min(len(photos), 40)
+            before = httpx.get(f"{url}/health").json()
+            started = time.perf_counter()
             rate, p50, p99 = load(url, photos[:n], clients, a.decoding)
-            print(f"| {clients} | {n} | {rate:.1f} | {p50:.0f} | {p99:.0f} | {rate / folder:.2f} |", flush=True)
+            after, wall = httpx.get(f"{url}/health").json(), time.perf_counter() - started
+            batches = after["batches"] - before["batches"]
+            busy = (after["busy_seconds"] - before["busy_seconds"]) / wall
+            print(f"| {clients} | {n} | {rate:.1f} | {p50:.0f} | {p99:.0f} | {rate / folder:.2f} | "
+                  f"{n / max(batches, 1):.1f} | {busy:.0%} |", flush=True)
         health = httpx.get(f"{url}/health").json()
         print(f"\nfolder rate (Captioner.caption_files, as `captioning caption DIR`): {folder:.1f} photos/s; "
               f"the server ran {health['batches']} batches, the largest {health['largest_batch']} photos")

@@ -98,7 +98,8 @@ def make_app(captioner, limits: ServeLimits = ServeLimits()):
     @app.get("/health")
     async def health():
         sizes = list(batcher.batches)
-        return {"status": "ok", "photos": sum(sizes), "batches": len(sizes), "largest_batch": max(sizes, default=0)}
+        return {"status": "ok", "photos": sum(sizes), "batches": len(sizes), "largest_batch": max(sizes, default=0),
+                "busy_seconds": round(batcher.busy, 3)}
 
     @app.get("/run")
     async def run():
