@@ -121,6 +121,27 @@ def test_a_full_disk_is_explained_and_the_store_is_not_damaged(base, capsys, tmp
             FeatureStore.open(mount / "f.h5").close()
 
 
+@pytest.mark.parametrize("size, moment", [("100k", "the next batch"), ("300k", "merging the batches")])
+def test_a_disk_that_fills_during_extraction_stops_cleanly_and_the_same_command_finishes(base, tmp_path, size, moment):
+    """In a fresh process (HDF5 used to crash it with SIGSEGV after a write failed half-way): exit 1
+    naming the store, the batches written kept; with space freed, the same command completes."""
+    args = ["extract-features", base["data"] / "Images", "--backbone", "efficientnet_b0", "--weights", "none",
+            "--batch-size", "2", "--limit", "16"]
+    with tmpfs(tmp_path / "small", f"size={size}") as mount:
+        done = cli_process(*args, "--out", mount / "f.h5")
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert f"{mount / 'f.h5'}: the disk is full" in done.stderr and "run the same command again" in done.stderr
+        assert moment in done.stderr
+        kept = len(list((mount / "f.h5.partial").glob("seg-*.h5")))
+        assert kept > 0
+        subprocess.run(["mount", "-o", "remount,size=16m", str(mount)], check=True)
+        done = cli_process(*args, "--out", mount / "f.h5")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert f"{2 * kept} already there were kept" in done.stdout
+        with FeatureStore.open(mount / "f.h5") as store:
+            assert len(store) == 16
+
+
 def test_a_read_only_output_folder_is_explained(base, capsys, tmp_path):
     with tmpfs(tmp_path / "ro", "ro,size=64k") as mount:
         code, _, err = cli(capsys, "fit", "--captions", base["data"], "--features", base["store"], "--out",

@@ -24,7 +24,7 @@ from captioning.features.backbones import (build_model, describe_weights, embed,
 from captioning.features import hub
 from captioning.features.images import RESIZE, ImageError, load_image
 from captioning.features.store import FeatureStore
-from captioning.features.writer import FeatureStoreWriter
+from captioning.features.writer import DiskFull, FeatureStoreWriter
 from captioning.distribute import place, release
 from captioning.data.formats import IMAGE_SUFFIXES
 
@@ -195,7 +195,7 @@ def extract_features(images_dir, backbone: str = "resnet50", weights=None, out=N
     failed_all = []
     start = time.perf_counter()
     written = 0
-    completed = False
+    completed = full = False
     workers = workers or max(2, os.cpu_count() or 2)
     batch_size = max(1, min(batch_size, len(todo)))  # batches are padded to this: never past the work itself
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
@@ -217,10 +217,17 @@ def extract_features(images_dir, backbone: str = "resnet50", weights=None, out=N
                 failed_all += failed
                 bar.update(len(batches[k]))
         completed = True
+    except DiskFull:
+        full = True  # merging would need more room still: the batches written stay as segments
+        raise
     finally:
         bar.close()
-        # Also on Ctrl-C or an error: merge what was done so nothing finished is lost.
-        store = writer.finalize(completed=completed)  # every listed image stored or recorded as failed
-        release(placement)
+        try:
+            if full:
+                writer.release()
+            else:  # also on Ctrl-C or another error: merge what was done so nothing finished is lost
+                store = writer.finalize(completed=completed)  # every listed image stored or recorded as failed
+        finally:
+            release(placement)
     failed_all = [(i, UNDECODABLE) for i in unnamed] + failed_all
     return ExtractionResult(store, written, skipped, failed_all, time.perf_counter() - start, placement.describe())

@@ -22,6 +22,24 @@ from captioning.lock import WriterLock
 from captioning.features.store import _STR, FeatureStore, _attrs, _refuse_if_locked, _strings, partial_dir
 
 
+# HDF5 cannot recover from a write that fails half-way: the file's close fails too, and h5py later
+# crashes the process (SIGSEGV) freeing its objects. So every write first checks that the disk has
+# room for it, and a batch refused that way stops the extraction with the batches written kept.
+HEADROOM = 64 << 10  # bytes beyond a file's data: HDF5's metadata (a few KiB), the ids, some slack
+
+
+class DiskFull(CaptioningError):
+    """Not enough free space for the next write; nothing was half-written."""
+
+
+def _require_space(folder: Path, needed: int, store: Path, what: str, kept: str) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed + HEADROOM:
+        raise DiskFull(f"{store}: the disk is full ({free / 2 ** 20:.1f} MiB free in {folder}, {what} needs about "
+                       f"{(needed + HEADROOM) / 2 ** 20:.1f} MiB). {kept} Free space, then run the same command "
+                       "again to continue.")
+
+
 class FeatureStoreWriter:
     """Write side of an extraction: knows what is done, appends batches crash-safely, merges at the end."""
 
@@ -101,6 +119,8 @@ class FeatureStoreWriter:
         """One atomic segment: a kill before the rename leaves only a temp file, ignored later."""
         seg = self.parts / f"seg-{self._next:06d}.h5"
         tmp = seg.with_suffix(".tmp")
+        _require_space(self.parts, np.asarray(features).nbytes + 256 * (len(ids) + len(failed)), self.path,
+                       "the next batch", f"The batches already written are kept in {self.parts}.")
         try:
             with h5py.File(tmp, "w") as f:
                 f.attrs.update(self.attrs)
@@ -123,6 +143,8 @@ class FeatureStoreWriter:
         Safe to kill at any instant: before the rename the old store and the segments are intact; after
         it the merged store holds everything, and segments left behind are duplicates merged away next time."""
         try:
+            _require_space(self.path.parent, sum(p.stat().st_size for p in self._sources()), self.path,
+                           "merging the batches into the store", f"The batches are kept in {self.parts}.")
             return self._merge(completed)
         except OSError as e:
             raise CaptioningError(f"{self.path}: cannot write the merged store ({e}). Is the disk full? The "
@@ -132,8 +154,15 @@ class FeatureStoreWriter:
             self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
             self.lock.release()
 
+    def release(self) -> None:
+        """Stop without merging (the disk is full): the segments stay for the next run."""
+        self.lock.release()
+
+    def _sources(self) -> list[Path]:
+        return ([self.path] if self.path.is_file() else []) + self._segments()
+
     def _merge(self, completed: bool) -> FeatureStore:
-        sources = ([self.path] if self.path.is_file() else []) + self._segments()
+        sources = self._sources()
         shape = tuple(self.attrs["feature_shape"])
         # A merge killed after its rename but before the segments were removed leaves the same rows in
         # the store and in segments (same network, checked on open): the first copy of each id is kept.
