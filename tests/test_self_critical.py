@@ -136,7 +136,8 @@ def test_ctrl_c_during_self_critical_epochs_exits_130_and_the_run_resumes(learna
             break
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=120)
-    assert child.returncode == 130 and "interrupted; finished work is kept" in err and "Traceback" not in err
+    assert child.returncode == 130 and "interrupted; finished work is kept" in err and "Traceback" not in err, \
+        (child.returncode, err[-3000:])  # once, under heavy load, it exited 0: the stderr says where the signal went
     assert not (run / "model.keras").exists() and (run / "checkpoints" / "best.keras").is_file()
     done = subprocess.run([*map(str, args), "--resume"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and (run / "model.keras").is_file(), done.stderr[-2000:]
