@@ -205,3 +205,25 @@ def test_caption_and_evaluate_choose_among_both_models_captions(learnable, tmp_p
     assert out.startswith(image) and f"no {CROSS_ENTROPY_FILE}" in err and "--resume" in err
     assert main(["caption", image, "--run", str(run), "--beam", "3", "--candidates", "model"]) == 0
     assert f"no {CROSS_ENTROPY_FILE}" not in capsys.readouterr().err
+
+
+def test_a_ctrl_c_swallowed_where_it_surfaced_still_stops_the_loop(monkeypatch):
+    """Python drops a KeyboardInterrupt raised inside a finalizer ("Exception ignored"); the handler the
+    CLI installs remembers it, and the loops' checks raise it again at the next batch."""
+    import gc
+    import signal
+    from captioning import interrupt
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        interrupt.install()
+
+        class Finalized:
+            def __del__(self):
+                signal.raise_signal(signal.SIGINT)  # surfaces here, inside __del__, and is dropped
+
+        Finalized()
+        gc.collect()
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+    finally:
+        signal.signal(signal.SIGINT, previous)

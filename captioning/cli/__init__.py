@@ -16,7 +16,7 @@ import functools
 import os
 import sys
 
-from captioning import __version__, backend
+from captioning import __version__, backend, interrupt
 from captioning.cli import captions, data, demo, export, features, fit, serve
 from captioning.cli.common import HelpFormatter
 from captioning.errors import CaptioningError, UsageError
@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     if extra:
         _unknown_options(parser, args, extra)
     backend.configure(args.verbose)
+    interrupt.install()
     try:
         code = args.func(args)
     except UsageError as e:

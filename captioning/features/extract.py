@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captioning import __version__
+from captioning import __version__, interrupt
 from captioning.backend import import_keras
 from captioning.console import count, progress
 from captioning.errors import CaptioningError, UsageError
@@ -213,6 +213,7 @@ def extract_features(images_dir, backbone: str = "resnet50", weights=None, out=N
                 if arrays:
                     feats = embed(model, bb, arrays, pooling, batch_size, placement.replicas).astype(dtype)
                 writer.write_batch(ok_ids, feats, failed)
+                interrupt.check()  # after the batch is safe: a Ctrl-C swallowed on the way is raised here
                 written += len(ok_ids)
                 failed_all += failed
                 bar.update(len(batches[k]))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captioning import atomic, decoders
+from captioning import atomic, decoders, interrupt
 from captioning.backend import import_keras, set_random_seed
 from captioning.console import count
 from captioning.data import Vocabulary, load_captions, max_caption_length, tokenize
@@ -346,7 +346,8 @@ def train(p: FitPlan, verbose="auto"):
     # Keras' own shuffle of a PyDataset's batch order draws from Python's global random state
     model.fit(feed(seqs[0], p.placement), validation_data=feed(seqs[1], p.placement),
               epochs=max(o.epochs, initial_epoch), initial_epoch=initial_epoch,
-              callbacks=[*score, early, plateau, checkpoints], verbose=verbose, shuffle=False)
+              callbacks=[*score, early, plateau, checkpoints, interrupt.keras_callback()], verbose=verbose,
+              shuffle=False)
     return model
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from captioning import interrupt
 from captioning.backend import import_keras
 from captioning.console import count, progress
 from captioning.inference import matching
@@ -83,7 +84,7 @@ def train_matcher(features, captions: list, vocab_size: int, max_length: int, pa
     tick = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda step, logs: (shown.update(1), shown.set_postfix(loss=f"{logs['loss']:.3f}")))
     try:
-        trainer.fit(batches, epochs=1, verbose=0, shuffle=False, callbacks=[tick])
+        trainer.fit(batches, epochs=1, verbose=0, shuffle=False, callbacks=[tick, interrupt.keras_callback()])
     finally:
         shown.close()
     save_model(model, path)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captioning import atomic, decoders
+from captioning import atomic, decoders, interrupt
 from captioning.backend import import_keras
 from captioning.console import count, progress
 from captioning.decoders.steps import WithoutTokens
@@ -81,6 +81,7 @@ class SelfCritical:
         for b, start in enumerate(range(0, len(order), self.images_per_batch)):
             chosen = order[start:start + self.images_per_batch]
             rewards.append(self.update(chosen, seed=[self.seed, epoch, b]))
+            interrupt.check()
             if progress:
                 progress(b + 1, float(np.mean(rewards)))
         return {"reward": float(np.mean(rewards))}
