@@ -21,16 +21,26 @@ def _handler(signum, frame):
     raise KeyboardInterrupt
 
 
-def install() -> None:
-    """Make Ctrl-C reliable for this process (the CLI calls it; a notebook keeps its own handler)."""
+def install():
+    """Make Ctrl-C reliable while a command runs; returns the handler to give back to ``uninstall``
+    (the CLI does both; a notebook keeps its own handler)."""
     global _pending
     _pending = False
-    signal.signal(signal.SIGINT, _handler)
+    return signal.signal(signal.SIGINT, _handler)
+
+
+def uninstall(previous) -> None:
+    """The handler before ``install`` again, and no interrupt left pending (the command has ended)."""
+    global _pending
+    _pending = False
+    signal.signal(signal.SIGINT, previous)
 
 
 def check() -> None:
-    """Raise ``KeyboardInterrupt`` if a Ctrl-C arrived since ``install`` and was swallowed where it surfaced."""
+    """Raise ``KeyboardInterrupt`` once if a Ctrl-C arrived and was swallowed where it surfaced."""
+    global _pending
     if _pending:
+        _pending = False
         raise KeyboardInterrupt
 
 

@@ -207,16 +207,14 @@ def test_caption_and_evaluate_choose_among_both_models_captions(learnable, tmp_p
     assert f"no {CROSS_ENTROPY_FILE}" not in capsys.readouterr().err
 
 
-def test_a_ctrl_c_swallowed_where_it_surfaced_still_stops_the_loop(monkeypatch):
+def test_a_ctrl_c_swallowed_where_it_surfaced_still_stops_the_loop():
     """Python drops a KeyboardInterrupt raised inside a finalizer ("Exception ignored"); the handler the
     CLI installs remembers it, and the loops' checks raise it again at the next batch."""
     import gc
     import signal
     from captioning import interrupt
-    previous = signal.getsignal(signal.SIGINT)
+    previous = interrupt.install()
     try:
-        interrupt.install()
-
         class Finalized:
             def __del__(self):
                 signal.raise_signal(signal.SIGINT)  # surfaces here, inside __del__, and is dropped
@@ -225,5 +223,6 @@ def test_a_ctrl_c_swallowed_where_it_surfaced_still_stops_the_loop(monkeypatch):
         gc.collect()
         with pytest.raises(KeyboardInterrupt):
             interrupt.check()
+        interrupt.check()  # raised once: nothing stays pending for the rest of the process
     finally:
-        signal.signal(signal.SIGINT, previous)
+        interrupt.uninstall(previous)

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     if extra:
         _unknown_options(parser, args, extra)
     backend.configure(args.verbose)
-    interrupt.install()
+    previous = interrupt.install()
     try:
         code = args.func(args)
     except UsageError as e:
@@ -86,4 +86,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"\ncaptioning {args.command}: interrupted; finished work is kept.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        interrupt.uninstall(previous)  # main() called in a process that goes on (a notebook, the tests)
     return EXIT_OK if code is None else code
