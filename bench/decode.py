@@ -98,7 +98,7 @@ def scorers(cap, feats) -> tuple:
     hyps = search(cap.steps, feats, cap.vocab.start_id, cap.vocab.end_id, cap.decoder.max_length)
     words = [[cap.vocab.decode(t) for t, _, _ in pool] for pool in hyps.alternatives]
     con = search.consensus
-    near, rows = con.neighbours(feats, search.neighbours), search._retrieved(feats)
+    near, rows = con.neighbours(feats, search.neighbours), search._retrieved(search.matcher.image_vectors(feats))
     t = time.perf_counter()
     con.scores(words, near, rows)
     vectorised = (time.perf_counter() - t) / len(feats)

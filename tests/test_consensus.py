@@ -155,7 +155,10 @@ def test_a_run_without_a_reranking_file_decodes_as_before_with_a_note(learnable,
 class _Fixed:
     """A matcher whose cosines are given: the second candidate fits each photo far better."""
 
-    def scores(self, features, candidates):
+    def image_vectors(self, features):
+        return np.zeros((len(features), 2))
+
+    def cosines(self, image_vectors, candidates):
         return [np.array([0.0, 0.9])[: len(c)] for c in candidates]
 
 
@@ -182,7 +185,7 @@ class _BallMatcher:
     def __init__(self, vocab):
         self.ball = vocab.index["ball"]
 
-    def scores(self, features, candidates):
+    def cosines(self, image_vectors, candidates):
         return [np.zeros(len(c)) for c in candidates]
 
     def image_vectors(self, features):

@@ -183,22 +183,23 @@ class ConsensusRerank:
         near = self.consensus.neighbours(features, self.neighbours)
         words = [[self.vocab.decode(t) for t in cs] for cs in candidates]
         log_probs = [np.asarray(lp, np.float64) for lp in log_probs] if log_probs else [np.zeros(len(w)) for w in words]
-        rows = self._retrieved(features) if self._matches() and self.retrieved else None
+        photos = self.matcher.image_vectors(features) if self._matches() else None
+        rows = self._retrieved(photos) if self._matches() and self.retrieved else None
         agree = self.consensus.scores(words, near, rows)
         if self._matches():
-            match = [np.asarray(m, np.float64) for m in self.matcher.scores(features, candidates)]
+            match = [np.asarray(m, np.float64) for m in self.matcher.cosines(photos, candidates)]
         else:
             match = [np.zeros(len(w)) for w in words]
         return [CandidateScores(a[:, 0], a[:, 1], m,
                                 a[:, 0] + self.RETRIEVED_WEIGHT * a[:, 1] + self.matching * m + self.likelihood * lp, lp)
                 for a, m, lp in zip(agree, match, log_probs)]
 
-    def _retrieved(self, features) -> np.ndarray:
-        """(N, retrieved) rows of the train captions the matcher puts closest to each photo."""
+    def _retrieved(self, image_vectors) -> np.ndarray:
+        """(N, retrieved) rows of the train captions the matcher puts closest to each photo (its vector)."""
         if self._caption_vectors is None:  # every train caption once per search object: ~3 s for Flickr8k
             ids = [self.vocab.encode(c, markers=False) for c in self.consensus.captions]
             self._caption_vectors = self.matcher.caption_vectors(ids)
-        similarity = self.matcher.image_vectors(features) @ self._caption_vectors.T
+        similarity = image_vectors @ self._caption_vectors.T
         k = min(self.retrieved, similarity.shape[1])
         return np.argpartition(-similarity, k - 1, axis=1)[:, :k]
 

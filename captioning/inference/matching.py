@@ -87,23 +87,34 @@ class Matcher:
         """``features``: one per photo, pooled (N, D) or a grid (N, cells, D) that is averaged as in
         training; ``candidates``: per photo, a list of word-id lists. Returns per photo an array
         of cosines between the photo and each candidate."""
+        return self.cosines(self.image_vectors(features), candidates)
+
+    def cosines(self, image_vectors: np.ndarray, candidates: list) -> list:
+        """``scores`` for photos whose vectors (``image_vectors``) are already known."""
         owner = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates])
         if not len(owner):
             return [np.zeros(0) for _ in candidates]
         texts = self.caption_vectors([c for cs in candidates for c in cs])
-        cosine = (self.image_vectors(features)[owner] * texts).sum(axis=1)
+        cosine = (image_vectors[owner] * texts).sum(axis=1)
         return np.split(cosine, np.cumsum([len(c) for c in candidates])[:-1])
 
     def image_vectors(self, features) -> np.ndarray:
-        """(N, 512) unit vectors of photos (pooled or grid features)."""
+        """(N, 512) unit vectors of photos (pooled or grid features, a grid averaged as in training)."""
         from captioning.inference.consensus import pooled
-        return np.asarray(self._image_tower.predict(pooled(features), verbose=0, batch_size=1024))
+        return _in_chunks(self._image_tower, pooled(features), 1024)
 
     def caption_vectors(self, captions: list) -> np.ndarray:
         """(N, 512) unit vectors of captions (word-id lists)."""
-        ids = padded([self._words(c) for c in captions], self.max_length)
-        return np.asarray(self._caption_tower.predict(ids, verbose=0, batch_size=2048))
+        return _in_chunks(self._caption_tower, padded([self._words(c) for c in captions], self.max_length), 2048)
 
     def _words(self, ids):
         ids = list(ids)
         return ids[:ids.index(self.end_id)] if self.end_id in ids else ids
+
+
+def _in_chunks(model, x: np.ndarray, rows: int) -> np.ndarray:
+    """``model`` over ``x`` in chunks of ``rows``. ``predict_on_batch``, not ``predict``: re-ranking
+    calls the towers on a few captions per batch of photos, and ``predict`` builds a tf.data pipeline
+    each call (about 40 ms, most of re-ranking's time for a photo or two, as a server captions them)."""
+    return np.concatenate([np.asarray(model.predict_on_batch(x[i:i + rows])) for i in range(0, len(x), rows)]
+                          or [np.zeros((0, DIMENSIONS), np.float32)])
