@@ -5,6 +5,7 @@ a real headless Chromium uploading a photo through the page (skipped where no Ch
 """
 
 import concurrent.futures
+import contextlib
 import io
 import json
 import shutil
@@ -27,29 +28,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _serving(run, log, *options):
+    """``captioning serve --run RUN`` in its own process on a free port, until the block ends."""
+    port = _free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "captioning", "serve", "--run", str(run), "--port", str(port),
+                                 *options], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+            assert proc.poll() is None, log.read_text()
+        else:
+            pytest.fail(f"the server never answered: {log.read_text()}")
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def server(learnable, tmp_path_factory):
     base = learnable  # a run that has learned words: empty captions would prove little
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "captioning", "serve", "--run", str(base["run"]), "--port",
-                                 str(port), "--batch-window-ms", "300", "--max-files", "4", "--max-upload-mb", "5"],
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.5)
-        assert proc.poll() is None, log.read_text()
-    else:
-        pytest.fail(f"the server never answered: {log.read_text()}")
-    yield {"url": url, "proc": proc, "log": log, "images": sorted((base["data"] / "Images").iterdir()),
-           "run": base["run"]}
-    proc.terminate()
-    proc.wait(timeout=30)
+    with _serving(base["run"], log, "--batch-window-ms", "300", "--max-files", "4", "--max-upload-mb", "5") as (url, proc):
+        yield {"url": url, "proc": proc, "log": log, "images": sorted((base["data"] / "Images").iterdir()),
+               "run": base["run"]}
 
 
 def _post(server, *paths, params=None):
@@ -147,3 +156,47 @@ def test_a_person_drops_a_photo_on_the_page_and_reads_its_caption(server, tmp_pa
     assert shown == expected and alternatives >= 1
     assert (tmp_path / "serve.png").stat().st_size > 10_000
     print(f"screenshot: {tmp_path / 'serve.png'}")
+
+
+@pytest.fixture(scope="module")
+def attention_run(sample_dir, tmp_path_factory):
+    """An attention decoder on 7×7 grids of the sample set, trained just enough to say words."""
+    from captioning.features import extract_features
+    from captioning.training import FitOptions, fit
+    root = tmp_path_factory.mktemp("attention")
+    store = extract_features(sample_dir / "Images", backbone="efficientnet_b0", weights="none", pooling="spatial",
+                             dtype="float16", out=root / "grid.h5", show_progress=False).store
+    fit(sample_dir, store.path, root / "run", FitOptions(decoder="attention", epochs=10, batch_size=16, units=64,
+                                                         embed_dim=32, attention_dim=32, dropout=0.1, learning_rate=5e-3,
+                                                         patience=20, self_critical_epochs=0), verbose=0)
+    return root / "run"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium); .ci/run installs it")
+def test_an_attention_run_shows_where_it_looked_for_each_word(attention_run, sample_dir, tmp_path):
+    from playwright.sync_api import sync_playwright
+    image = sorted((sample_dir / "Images").iterdir())[0]
+    with _serving(attention_run, tmp_path / "serve.log") as (url, _):
+        answer = httpx.post(f"{url}/caption", files=[("images", (image.name, image.read_bytes(), "image/jpeg"))],
+                            params={"decoding": "beam"}, timeout=120).json()["captions"][0]
+        words, maps = answer["attention"]["words"], answer["attention"]["maps"]
+        assert len(words) > 1 and words == answer["caption"].split() and len(maps) == len(words)
+        assert all(len(m) == 49 and abs(sum(m) - 1) < 0.01 for m in maps)  # a 7×7 grid, a distribution over it
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(url)
+            page.select_option("#decoding", "beam")
+            page.set_input_files("#files", str(image))
+            page.wait_for_selector(".photo .maps figure", state="attached", timeout=120_000)
+            shown = page.locator(".maps figcaption").all_inner_texts()
+            page.wait_for_function(f"document.querySelectorAll('.maps canvas').length == {len(words)}")
+            # each map: the photo, darkened where the word did not look, so no two corners alike on a map that is not flat
+            corners = page.locator(".maps canvas").evaluate_all(
+                "cs => cs.map(c => { const d = c.getContext('2d'); const s = c.width - 1;"
+                " return [[0, 0], [s, 0], [0, s], [s, s]].map(([x, y]) => Array.from(d.getImageData(x, y, 1, 1).data)); })")
+            page.screenshot(path=str(tmp_path / "attention.png"), full_page=True)
+            browser.close()
+    assert shown == words and len(corners) == len(words)
+    assert all(len({tuple(c) for c in four}) > 1 for four in corners)
+    print(f"screenshot: {tmp_path / 'attention.png'}")
