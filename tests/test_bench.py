@@ -115,5 +115,12 @@ def test_proposers_scores_each_width(learnable):
     assert "| none (`--candidates model`) |" in out and "| 2 |" in out
 
 
+
+@pytest.mark.slow
+def test_serve_loads_the_server_at_each_level(learnable):
+    out = _run(BENCH / "serve.py", "--run", learnable["run"], "--images", learnable["data"] / "Images", "--photos", "12",
+               "--levels", "1,4", "--decoding", "greedy")
+    assert "| 1 | 12 |" in out and "| 4 | 12 |" in out and "folder rate" in out
+
 # rerank_variants.py and imagenet_posteriors.py need the ImageNet classifier's weights file, which
 # tests cannot have: they are covered by --help above.
