@@ -73,7 +73,7 @@ def attention_figure(image, caption, grid, out_png, columns: int = 5) -> Path:
     from PIL import Image
 
     if caption.attention is None:
-        raise ValueError("this caption has no attention maps (only the attention decoder makes them)")
+        raise ValueError("this caption has no attention maps (the attention decoder and the transformer on a grid make them)")
     h, w = grid
     with Image.open(image) as im:
         rgb = np.asarray(im.convert("RGB").resize((224, 224), Image.BILINEAR))

@@ -26,8 +26,8 @@ rng = np.random.default_rng(0)
 out = {}
 for kind in decoders.names():
     grid = 4 if decoders.get(kind).needs_spatial else 0
-    cfg = DecoderConfig(kind, vocab_size=12, feature_dim=5, max_length=7, embed_dim=6, units=8, grid_size=grid,
-                        attention_dim=5, dropout=0.5)
+    cfg = DecoderConfig(kind, vocab_size=12, feature_dim=5, max_length=7, embed_dim=8 if kind == "transformer" else 6,
+                        units=8, grid_size=grid, attention_dim=5, dropout=0.5, heads=2)
     model = decoders.build(cfg, sequences=True)
     model.compile(optimizer="adam", loss=caption_loss())
     feats = rng.normal(size=(6, grid, 5) if grid else (6, 5)).astype("float32")
@@ -59,7 +59,7 @@ def test_every_decoder_trains_with_dropout_and_decodes_under_jax():
     proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert sorted(results) == sorted(["merge", "inject", "init-inject", "pre-inject", "attention"])
+    assert sorted(results) == sorted(["merge", "inject", "init-inject", "pre-inject", "attention", "transformer"])
     for kind, r in results.items():
         assert all(0 < loss < 10 for loss in r["losses"]), kind  # finite, near log(12) for random words
         assert r["moved"], f"{kind}: a weight did not train"

@@ -46,8 +46,9 @@ def caption(a):
     recipe = decoding(a)  # before the run is loaded
     captioner = Captioner.load(a.run, weights=a.weights, allow_partial=a.allow_partial)
     search = captioner.search(recipe)
-    if a.attention_figure and (captioner.decoder.type != "attention" or len(a.run) > 1):  # before any work
-        raise UsageError("--attention-figure needs one run (one --run) trained with --decoder attention")
+    if a.attention_figure and (not captioner.decoder.decoder.has_attention_maps(captioner.decoder) or len(a.run) > 1):
+        raise UsageError("--attention-figure needs one run (one --run) trained with --decoder attention, or "
+                         "--decoder transformer on --spatial features")  # said before any work
     results = captioner.caption_files(image_files(a.images), search, max_length=a.max_length,
                                       show_progress=True)  # on a terminal only: stdout stays one line per image
     for note in captioner.notes:
@@ -142,7 +143,7 @@ def add_commands(add):
                         f"{MAX_LENGTH}: a caption that never ends costs one decoder step per token)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--attention-figure", metavar="OUT.png", type=figure_path,
-                   help="attention runs: per-word attention maps (one file per image when several)")
+                   help="attention and grid transformer runs: per-word attention maps (one file per image when several)")
     p.add_argument("--figure", metavar="OUT.png", type=figure_path,
                    help="a grid of the images with their captions (PNG, or PDF/SVG/… by the suffix)")
     add_decoding_options(p)

@@ -19,6 +19,7 @@ from captioning.decoders.inject import Inject
 from captioning.decoders.merge import Merge
 from captioning.decoders.pre_inject import PreInject
 from captioning.decoders.steps import PrefixSteps, StepModel
+from captioning.decoders.transformer import Transformer
 from captioning.errors import UsageError
 
 _REGISTRY: dict[str, Decoder] = {}
@@ -29,13 +30,13 @@ def register(decoder: type[Decoder]) -> type[Decoder]:
     return decoder
 
 
-for _cls in (Merge, Inject, InitInject, PreInject, Attention):
+for _cls in (Merge, Inject, InitInject, PreInject, Attention, Transformer):
     register(_cls)
 
 
 def register_layers() -> None:
     """Register every custom Keras layer of the decoders (imports Keras)."""
-    for module in ("layers", "lstm", "soft_attention"):
+    for module in ("layers", "lstm", "soft_attention", "transformer_blocks"):
         importlib.import_module(f"captioning.decoders.{module}")
 
 

@@ -16,6 +16,9 @@ class Attention(Decoder):
     needs_spatial = True
     can_tie = False  # its deep output layer reads [h, context, word], not one vector in word space
 
+    def has_attention_maps(self, cfg):
+        return True
+
     def build(self, cfg, sequences=False):
         keras = import_keras()
         from captioning.decoders.layers import FeatureStandardization, LastValidStep

@@ -21,7 +21,8 @@ from captioning.errors import UsageError
 
 
 # The sizes every decoder starts from; ``fit``'s options take their defaults from here.
-SIZES = {"embed_dim": 512, "units": 512, "dropout": 0.5, "attention_dim": 256, "doubly_stochastic": 0.02}
+SIZES = {"embed_dim": 512, "units": 512, "dropout": 0.5, "attention_dim": 256, "doubly_stochastic": 0.02, "blocks": 2,
+         "heads": 8}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,8 @@ class DecoderConfig:
     attention_dim: int = SIZES["attention_dim"]
     doubly_stochastic: float = SIZES["doubly_stochastic"]  # λ of Σ_cells(1 − Σ_t α)²: ≈ the usual mean over 49 cells
     tie_embeddings: bool = False  # the word vectors are the output layer too (recurrent decoders)
+    blocks: int = SIZES["blocks"]  # transformer only: decoder blocks
+    heads: int = SIZES["heads"]  # transformer only: attention heads
 
     def __post_init__(self):
         from captioning import decoders
@@ -50,6 +53,8 @@ class DecoderConfig:
                   (0 <= self.dropout < 1, "--dropout", "in [0, 1)"),
                   (self.attention_dim >= 1, "--attention-dim", "at least 1"),
                   (self.doubly_stochastic >= 0, "--doubly-stochastic", "at least 0"),
+                  (self.blocks >= 1, "--blocks", "at least 1"),
+                  (self.heads >= 1, "--heads", "at least 1"),
                   (self.rnn in ("lstm", "gru"), "--rnn", "lstm or gru")]
         for ok, name, allowed in checks:
             if not ok:
@@ -80,15 +85,20 @@ class Decoder:
 
     name: str = ""
     help: str = ""
-    needs_spatial: bool = False  # reads the (H·W, C) grid rather than a pooled vector
+    needs_spatial: bool | None = False  # True: reads the (H·W, C) grid; False: a pooled vector; None: either
     output_offset: int = 0  # steps before the first word prediction (pre-inject: the image step)
     can_tie: bool = True  # its output layer can be the transposed word vectors (--tie-embeddings)
     tied_by_default: bool = False  # where tying measured better on Flickr8k dev (docs/results.md, "Tied word vectors")
+    default_dropout: float = SIZES["dropout"]  # fit's --dropout when it is not given
 
     def is_causal(self, cfg: DecoderConfig) -> bool:
         """Whether this configuration can train on whole captions (the fast path: the same objective as the
         partial-caption pairs) and step with state."""
         return True
+
+    def has_attention_maps(self, cfg: DecoderConfig) -> bool:
+        """Whether its captions come with a map over the image cells per word (``Caption.attention``)."""
+        return False
 
     def validate(self, cfg: DecoderConfig) -> None:
         if cfg.bidirectional:

@@ -149,15 +149,17 @@ class BeamSearch(Sampler):
 
     def __call__(self, steps, features, start_id, end_id, max_length) -> Hypotheses:
         n, k = len(features), self.k
-        state = [np.repeat(s, k, axis=0) for s in steps.start(features)]
+        state = steps.start(features)
         live = np.arange(n)  # the images still searching, in row order
         beam_logp = np.full((n, k), -np.inf)
         beam_logp[:, 0] = 0.0  # all beams start identical: expand only one
         seqs = np.zeros((n, k, 0), np.int32)
         best = _Finished(n)
-        tokens = np.full(n * k, start_id, np.int32)
+        tokens = np.full(n, start_id, np.int32)
         for t in range(max_length - 1):
             values, ids, state = steps.step_topk(tokens, state, 2 * k)  # (rows, w): each beam's best words
+            if t == 0:  # the first step ran once per image, its k identical beams' rows copied after
+                values, ids, *state = (np.repeat(a, k, axis=0) for a in (values, ids, *state))
             m, w = len(live), values.shape[-1]
             width = min(2 * k, k * w)
             total = (beam_logp[:, :, None] + values.reshape(m, k, w)).reshape(m, k * w)

@@ -221,9 +221,9 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
     if saved is not None:
         saved.feature_spec.require_compatible(spec, f"the features run {out} was trained on", str(features))
     decoder = decoders.get(options.decoder)
-    if decoder.needs_spatial != spec.spatial:
+    if decoder.needs_spatial not in (None, spec.spatial):
         want = "the convolutional grid (extract with --spatial)" if decoder.needs_spatial else \
-            "pooled vectors (extract without --spatial), or use --decoder attention"
+            "pooled vectors (extract without --spatial), or use --decoder attention or transformer"
         raise CaptioningError(f"{features} holds {'spatial' if spec.spatial else 'pooled'} features "
                               f"{spec.feature_shape}; the {decoder.name} decoder needs {want}.")
     cleaning = CleaningOptions.from_dict(options.cleaning)
@@ -248,10 +248,12 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
             notes.append(f"{longer} train captions are longer than {max_length - 2} words (the "
                          f"{options.max_length_percentile}th percentile) and were cut to it.")
     tie = decoder.tied_by_default if options.tie_embeddings is None else options.tie_embeddings
+    dropout = decoder.default_dropout if options.dropout is None else options.dropout
     cfg = DecoderConfig(options.decoder, len(vocab), spec.feature_shape[-1], max_length, options.embed_dim,
-                        options.units, options.dropout, options.rnn, options.bidirectional,
+                        options.units, dropout, options.rnn, options.bidirectional,
                         grid_size=spec.feature_shape[0] if spec.spatial else 0, attention_dim=options.attention_dim,
-                        doubly_stochastic=options.doubly_stochastic, tie_embeddings=tie)
+                        doubly_stochastic=options.doubly_stochastic, tie_embeddings=tie, blocks=options.blocks,
+                        heads=options.heads)
     run = Run(spec, cfg, vocab, training={**dataclasses.asdict(options)},
               data={"source": str(dataset.source.resolve()), "format": dataset.format,
                     "train_images": int(train["image"].nunique()), "dev_images": int(dev["image"].nunique()),

@@ -28,8 +28,9 @@ class FitOptions:
     batch_size: int = option(16, "images per batch on each device (a step takes batch size × devices)", low=1)
     embed_dim: int = option(SIZES["embed_dim"], "word embedding size", low=1)
     units: int = option(SIZES["units"], "RNN state size", low=1)
-    dropout: float = option(SIZES["dropout"], "dropout rate in the decoder (cross-entropy epochs only)", low=0,
-                            high=1, high_open=True)
+    dropout: float | None = option(None, "dropout rate in the decoder, cross-entropy epochs only (default: "
+                                   f"{SIZES['dropout']}; transformer {decoders.get('transformer').default_dropout})",
+                                   low=0, high=1, high_open=True, show_default=False)
     rnn: str = option("lstm", "the recurrent cell", choices=("lstm", "gru"))
     bidirectional: bool = option(False, "inject only: bidirectional final LSTM")
     tie_embeddings: bool | None = option(None, "the word vectors double as the output layer (default: on for "
@@ -47,6 +48,8 @@ class FitOptions:
     attention_dim: int = option(SIZES["attention_dim"], "attention only", low=1)
     doubly_stochastic: float = option(SIZES["doubly_stochastic"], "attention only: weight of the "
                                       "λ·Σ(1 − Σₜ αₜ)² regulariser", low=0, metavar="LAMBDA")
+    blocks: int = option(SIZES["blocks"], "transformer only: decoder blocks", low=1)
+    heads: int = option(SIZES["heads"], "transformer only: attention heads (they divide --units)", low=1)
     monitor: str = option("val_loss", "what early stopping and the kept epoch follow: validation loss, or the dev "
                           "split's greedy BLEU-4 (a few seconds per epoch)", choices=MONITORS)
     distribute: str = option("auto", "none: one device; mirrored: every GPU of this machine (or its logical CPUs; "

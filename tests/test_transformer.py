@@ -1,0 +1,69 @@
+"""The transformer decoder as users run it: fitted on a grid (self-critical epoch and re-ranking files
+included), captioned by the CLI in a fresh process with its attention figure, and its options'
+mistakes said in one line. Step = teacher forcing, resume, safe-mode reload and JAX are covered
+for every decoder in tests/test_decoders.py and tests/test_backends.py."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from captioning.decoders import DecoderConfig
+from captioning.errors import UsageError
+from captioning.features import extract_features
+from captioning.inference import Captioner
+from captioning.training import FitOptions, fit
+
+
+def test_its_width_and_heads_must_agree():
+    base = dict(vocab_size=12, feature_dim=5, max_length=7)
+    with pytest.raises(UsageError, match="--embed-dim 6 and --units 8 must be equal"):
+        DecoderConfig("transformer", embed_dim=6, units=8, **base)
+    with pytest.raises(UsageError, match="--heads 3 must divide --units 8"):
+        DecoderConfig("transformer", embed_dim=8, units=8, heads=3, **base)
+    assert FitOptions(decoder="transformer").dropout is None  # the decoder's own default: 0.1
+
+
+@pytest.fixture(scope="module")
+def grid_run(sample_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("transformer")
+    store = extract_features(sample_dir / "Images", backbone="efficientnet_b0", weights="none", pooling="spatial",
+                             dtype="float16", out=root / "grid.h5", show_progress=False).store
+    result = fit(sample_dir, store.path, root / "run", FitOptions(
+        decoder="transformer", epochs=6, batch_size=16, units=32, embed_dim=32, heads=4, learning_rate=2e-3,
+        self_critical_epochs=1, matcher_epochs=2), verbose=0)
+    return root / "run", store, result
+
+
+def test_it_trains_on_a_grid_and_captions_with_a_map_per_word(grid_run):
+    run, store, result = grid_run
+    assert len(result.self_critical) == 2 and result.has_matcher  # before and after its self-critical epoch
+    cap = Captioner.load(run)
+    assert cap.decoder.dropout == 0.1 and cap.decoder.blocks == 2
+    for c in cap.caption_features(store[store.ids[:3]], "beam"):
+        assert c.text and c.attention.shape == (len(c.tokens), 49)
+        np.testing.assert_allclose(c.attention.sum(-1), 1.0, atol=1e-4)
+    recommended = cap.caption_features(store[store.ids[:3]])  # beam 16, both models' captions, re-ranked
+    assert all(c.text for c in recommended)
+
+
+def test_the_cli_draws_its_attention_figure_in_a_fresh_process(grid_run, sample_dir, tmp_path):
+    run, store, _ = grid_run
+    image = sample_dir / "Images" / store.ids[0]
+    done = subprocess.run([sys.executable, "-m", "captioning", "caption", str(image), "--run", str(run),
+                           "--attention-figure", str(tmp_path / "att.png")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\t")[0] == str(image) and (tmp_path / "att.png").stat().st_size > 10_000
+
+
+def test_a_pooled_transformer_has_no_maps_to_draw(sample_dir, tmp_path):
+    store = extract_features(sample_dir / "Images", backbone="efficientnet_b0", weights="none",
+                             out=tmp_path / "pooled.h5", show_progress=False).store
+    fit(sample_dir, store.path, tmp_path / "run", FitOptions(decoder="transformer", epochs=1, units=8, embed_dim=8,
+                                                             self_critical_epochs=0, matcher_epochs=0), verbose=0)
+    done = subprocess.run([sys.executable, "-m", "captioning", "caption", str(sample_dir / "Images" / store.ids[0]),
+                           "--run", str(tmp_path / "run"), "--attention-figure", str(tmp_path / "att.png")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "transformer on --spatial features" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "att.png").exists()
