@@ -4,13 +4,14 @@ learned positions, and the same computation one word at a time with a key/value 
 Pre-layer-norm blocks (Xiong et al. 2020: they train without the learning-rate warm-up that
 post-norm needs), multi-head attention written with ``keras.ops`` so the full pass and the cached
 step share every line that matters and run on TensorFlow and JAX alike. Keras'
-``MultiHeadAttention`` has no cache, and keras-hub's ``TransformerDecoder`` caches by writing into
-the cache at a traced index, which this one does with a one-hot sum instead, so a step has one
-shape for the whole search (JAX compiles it once) and the layer needs no optional dependency.
+``MultiHeadAttention`` keeps no cache. keras-hub's ``TransformerDecoder`` does, but keras-hub is
+an optional extra here (``[hub]``, for image encoders): a saved run whose layers came from it could
+not load without it, and the layer below is short.
 
-The cache is fixed-size (``max_length`` positions, zeros beyond the current one, masked): a step
-costs attention over ``max_length`` keys, which for captions (≈ 30) is nothing beside its output
-layer.
+The cache is fixed-size (``max_length`` positions, zeros beyond the current one, masked; each word's
+key and value are added in with a one-hot of its position), so a step has one shape for the whole
+search and JAX compiles it once. A step attends over ``max_length`` keys, which for captions (≈ 30)
+costs little beside its output layer.
 """
 
 from __future__ import annotations
