@@ -1,5 +1,8 @@
 """Consensus re-ranking: the train captions of similar images choose among beam search's captions."""
 
+import threading
+import time
+
 import h5py
 import numpy as np
 import pytest
@@ -215,3 +218,35 @@ def test_the_train_captions_the_matcher_retrieves_vote_too(tmp_path):
     scores = retrieving.scores(features[:1], [[t for t, _, _ in beam.alternatives[0]]])[0]
     assert scores.retrieved[1] > 0 == scores.retrieved[0] and scores.consensus[0] == pytest.approx(scores.consensus[1])
     assert retrieving.describe()["retrieved"] == 5
+
+
+class _TwoStage:
+    """A re-ranking search that records when each half ran and on which thread."""
+
+    def __init__(self):
+        self.events = []
+
+    def _log(self, what, batch):
+        self.events.append((what, int(batch[0]), threading.current_thread().name, time.monotonic()))
+
+    def candidates(self, steps, batch, start_id, end_id, max_length):
+        self._log("search", batch)
+        time.sleep(0.05)
+        self._log("searched", batch)
+        return batch
+
+    def choose(self, batch, found):
+        self._log("rerank", batch)
+        time.sleep(0.05)
+        self._log("reranked", batch)
+        return [int(x) for x in found]
+
+
+def test_each_batch_is_reranked_while_the_next_one_searches_and_comes_back_in_order():
+    from captioning.inference.captioner import _searched
+    search = _TwoStage()
+    batches = [np.array([i, i]) for i in range(4)]
+    assert list(_searched(search, None, batches, 2, 3, 9)) == [[i, i] for i in range(4)]
+    at = {(what, i): (thread, t) for what, i, thread, t in search.events}
+    assert all(at[("rerank", i)][0] != at[("search", i)][0] for i in range(4))  # another thread
+    assert all(at[("search", i + 1)][1] < at[("reranked", i)][1] for i in range(3))  # side by side

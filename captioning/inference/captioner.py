@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,25 @@ def empty_captions_note(captions, run_dir) -> str | None:
     return (f"{n} of {len(captions)} captions ended before any word, as a run that has not learned yet does: "
             f"train {run} longer (`captioning fit ... --out {run} --resume --epochs N`, N above the epochs "
             "in its history.csv).")
+
+
+def _searched(search, steps, batches, start_id, end_id, max_length):
+    """``search``'s hypotheses for each batch of features, in order. A re-ranking search (one with
+    ``candidates`` and ``choose``) re-ranks each batch in a second thread while the next batch's
+    searches run: re-ranking is mostly one-threaded NumPy and SciPy, the searches' steps leave the
+    GIL to TensorFlow's threads, so the two share the cores better than they take turns."""
+    if not (hasattr(search, "candidates") and len(batches) > 1):
+        for batch in batches:
+            yield search(steps, batch, start_id, end_id, max_length)
+        return
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="captioning-rerank") as pool:
+        choosing = None
+        for batch in batches:
+            found = search.candidates(steps, batch, start_id, end_id, max_length)
+            if choosing is not None:
+                yield choosing.result()
+            choosing = pool.submit(search.choose, batch, found)
+        yield choosing.result()
 
 
 class Captioner:
@@ -218,11 +238,10 @@ class Captioner:
             raise CaptioningError(f"features of shape {features.shape[1:]} given, but this run was trained on "
                                   f"{expected} ({self.feature_spec.describe()}).")
         out = []
+        batches = [features[i:i + batch_size] for i in range(0, len(features), batch_size)]
         with progress(total=len(features), desc="captioning", unit="img",
                       disable=None if show_progress else True) as bar:
-            for i in range(0, len(features), batch_size):
-                hyps = search(self.steps, features[i:i + batch_size], self.vocab.start_id, self.vocab.end_id,
-                              max_length)
+            for hyps in _searched(search, self.steps, batches, self.vocab.start_id, self.vocab.end_id, max_length):
                 out += to_captions(hyps, self.vocab)
                 bar.update(len(hyps.tokens))
         return out

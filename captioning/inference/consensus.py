@@ -204,13 +204,24 @@ class ConsensusRerank:
         return np.argpartition(-similarity, k - 1, axis=1)[:, :k]
 
     def __call__(self, steps, features, start_id, end_id, max_length) -> Hypotheses:
+        return self.choose(features, self.candidates(steps, features, start_id, end_id, max_length))
+
+    def candidates(self, steps, features, start_id, end_id, max_length):
+        """The searches: beam search's hypotheses, and per photo every finished caption (the
+        model's, then the proposers' new ones). ``choose`` re-ranks them; the two halves are apart
+        so a caller can re-rank one batch while the next one searches (``Captioner.caption_features``)."""
         hyps = self.search(steps, features, start_id, end_id, max_length)
-        pools = [list(a) for a in hyps.alternatives]  # finished captions: the model's, then the proposers' new ones
+        pools = [list(a) for a in hyps.alternatives]
         for proposer in self.proposers:
             more = (self.proposer_search or self.search)(proposer, features, start_id, end_id, max_length)
             for pool, own, extra in zip(pools, hyps.tokens, more.alternatives):
                 seen = {_key(t) for t, _, _ in pool} | {_key(own)}
                 pool += [a for a in extra if _key(a[0]) not in seen]
+        return hyps, pools
+
+    def choose(self, features, found) -> Hypotheses:
+        """Each photo's best caption among ``candidates``' by the re-ranking score."""
+        hyps, pools = found
         # a beam that never finished has its best partial caption as its own choice: it competes too
         choices = [pool if own else [(t, lp, None)] + pool
                    for pool, own, t, lp in zip(pools, hyps.alternatives, hyps.tokens, hyps.log_probs)]
