@@ -14,7 +14,7 @@ FIT_BAD = [("--epochs", "0"), ("--epochs", "-3"), ("--epochs", "abc"), ("--batch
            ("--learning-rate", "0"), ("--learning-rate", "-1e-3"), ("--max-length-percentile", "101"),
            ("--max-length-percentile", "0"), ("--min-count", "0"), ("--patience", "0"), ("--attention-dim", "0"),
            ("--doubly-stochastic", "-1"), ("--doubly-stochastic", "inf"), ("--learning-rate", "inf"),
-           ("--decoder", "transformer"), ("--monitor", "accuracy"), ("--seed", "-1"), ("--seed", "4294967296")]
+           ("--decoder", "lstm"), ("--monitor", "accuracy"), ("--seed", "-1"), ("--seed", "4294967296")]
 
 
 @pytest.mark.parametrize("option,value", FIT_BAD)
