@@ -33,6 +33,21 @@ def learnable(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def attention_run(sample_dir, tmp_path_factory):
+    """An attention decoder on 7×7 grids of the sample set, trained just enough to say words:
+    (run folder, its feature store)."""
+    from captioning.features import extract_features
+    from captioning.training import FitOptions, fit
+    root = tmp_path_factory.mktemp("attention")
+    store = extract_features(sample_dir / "Images", backbone=BACKBONE, weights="none", pooling="spatial",
+                             dtype="float16", out=root / "grid.h5", show_progress=False).store
+    fit(sample_dir, store.path, root / "run", FitOptions(decoder="attention", epochs=10, batch_size=16, units=64,
+                                                         embed_dim=32, attention_dim=32, dropout=0.1, learning_rate=5e-3,
+                                                         patience=20, self_critical_epochs=0), verbose=0)
+    return root / "run", store
+
+
+@pytest.fixture(scope="session")
 def base(sample_dir, tmp_path_factory):
     """For the hostile-input tests (tests/test_hostile_*.py): a feature store of the sample set and a
     finished tiny run on it. Tests copy what they change."""

@@ -62,16 +62,6 @@ def test_doubly_stochastic_loss_is_added_in_training_only():
     assert float(model.losses[0]) == pytest.approx(expected, rel=1e-4)
 
 
-@pytest.fixture(scope="module")
-def attention_run(sample_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("attention")
-    store = extract_features(sample_dir / "Images", backbone="efficientnet_b0", weights="none", pooling="spatial",
-                             dtype="float16", out=root / "sp.h5", show_progress=False).store
-    fit(sample_dir, store.path, root / "run", FitOptions(decoder="attention", epochs=3, batch_size=16, units=32,
-                                                         embed_dim=16, attention_dim=16), verbose=0)
-    return root / "run", store
-
-
 def test_fit_attention_and_decode_with_maps(attention_run, sample_dir, tmp_path, capsys):
     run, store = attention_run
     cap = Captioner.load(run)

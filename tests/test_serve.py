@@ -158,25 +158,11 @@ def test_a_person_drops_a_photo_on_the_page_and_reads_its_caption(server, tmp_pa
     print(f"screenshot: {tmp_path / 'serve.png'}")
 
 
-@pytest.fixture(scope="module")
-def attention_run(sample_dir, tmp_path_factory):
-    """An attention decoder on 7×7 grids of the sample set, trained just enough to say words."""
-    from captioning.features import extract_features
-    from captioning.training import FitOptions, fit
-    root = tmp_path_factory.mktemp("attention")
-    store = extract_features(sample_dir / "Images", backbone="efficientnet_b0", weights="none", pooling="spatial",
-                             dtype="float16", out=root / "grid.h5", show_progress=False).store
-    fit(sample_dir, store.path, root / "run", FitOptions(decoder="attention", epochs=10, batch_size=16, units=64,
-                                                         embed_dim=32, attention_dim=32, dropout=0.1, learning_rate=5e-3,
-                                                         patience=20, self_critical_epochs=0), verbose=0)
-    return root / "run"
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium); .ci/run installs it")
 def test_an_attention_run_shows_where_it_looked_for_each_word(attention_run, sample_dir, tmp_path):
     from playwright.sync_api import sync_playwright
     image = sorted((sample_dir / "Images").iterdir())[0]
-    with _serving(attention_run, tmp_path / "serve.log") as (url, _):
+    with _serving(attention_run[0], tmp_path / "serve.log") as (url, _):
         answer = httpx.post(f"{url}/caption", files=[("images", (image.name, image.read_bytes(), "image/jpeg"))],
                             params={"decoding": "beam"}, timeout=120).json()["captions"][0]
         words, maps = answer["attention"]["words"], answer["attention"]["maps"]
