@@ -242,3 +242,31 @@ def test_merging_stores_of_other_photos_under_the_same_names_says_so(sample_dir,
     assert main(["merge-features", "--out", str(tmp_path / "ab.h5"), str(tmp_path / "a.h5"), str(tmp_path / "b.h5")]) == 0
     out = capsys.readouterr().out
     assert "different image folders" in out and "6 of them have other features in another part" in out
+
+
+def test_spatial_stores_stream_in_blocks_of_bytes_not_rows(tmp_path, monkeypatch):
+    """A COCO-sized grid store is 15 GB: statistics, merging and pooling read it a block of
+    about BLOCK_BYTES at a time, and give what a whole read gives."""
+    from captioning.features import store as store_module, writer as writer_module
+    from captioning.features.merge import merge_features
+    from captioning.inference.consensus import pooled_features
+    monkeypatch.setattr(store_module, "BLOCK_BYTES", 100)  # two 4×3 float32 rows (48 bytes each)
+    monkeypatch.setattr(writer_module, "BLOCK_BYTES", 100)
+    x = np.random.default_rng(0).normal(size=(7, 4, 3)).astype(np.float32)
+    parts = []
+    for k, rows in enumerate((range(0, 4), range(4, 7))):
+        w = FeatureStoreWriter(tmp_path / f"p{k}.h5", attrs((4, 3), pooling="spatial", grid=[2, 2]))
+        for i in rows:  # one segment per row: finalize merges them a block at a time
+            w.write_batch([f"{i}.jpg"], x[i:i + 1])
+        parts.append(w.finalize(True).path)
+    merged, _ = merge_features(tmp_path / "all.h5", parts)
+    assert merged.rows_per_block() == 2
+    np.testing.assert_array_equal(merged[[f"{i}.jpg" for i in range(7)]], x)
+    read, real_rows = [], store_module.FeatureStore.rows
+    monkeypatch.setattr(store_module.FeatureStore, "rows", lambda self, r: (read.append(len(r)), real_rows(self, r))[1])
+    mean, std = merged.statistics(range(7))
+    np.testing.assert_allclose(mean, x.reshape(-1, 3).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(std, x.reshape(-1, 3).std(0), rtol=1e-5)
+    np.testing.assert_allclose(pooled_features(merged, [f"{i}.jpg" for i in (6, 0, 3)]), x[[6, 0, 3]].mean(1),
+                               rtol=1e-6)
+    assert read and max(read) == 2

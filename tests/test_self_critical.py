@@ -83,6 +83,20 @@ def test_fit_runs_self_critical_epochs_and_exports_them(learnable, tmp_path, mon
         np.testing.assert_array_equal(a, b)
 
 
+def test_steps_per_epoch_caps_cross_entropy_and_self_critical_epochs(learnable, tmp_path, monkeypatch):
+    from captioning.training.sequences import CaptionSequence
+    read, updates = [], []
+    real_item, real_update = CaptionSequence.__getitem__, SelfCritical.update
+    monkeypatch.setattr(CaptionSequence, "__getitem__",
+                        lambda self, i: (read.append(i) if self.shuffle else None, real_item(self, i))[1])
+    monkeypatch.setattr(SelfCritical, "update", lambda self, *a, **k: (updates.append(1), real_update(self, *a, **k))[1])
+    o = dataclasses.replace(FitOptions(**TINY), epochs=2, self_critical_epochs=1, steps_per_epoch=3, matcher_epochs=0)
+    fit(learnable["data"], learnable["features"], tmp_path / "run", o, verbose=0)
+    whole = plan(learnable["data"], learnable["features"], tmp_path / "x", FitOptions(**TINY)).sequences()[0]
+    assert len(whole) > 3 and -(-len(set(whole.captions.images)) // 32) > 3  # whole epochs are longer
+    assert set(read) == {0, 1, 2} and len(updates) == 3  # (Keras reads the first batches again to learn shapes)
+
+
 def test_bidirectional_inject_skips_it_with_a_note(learnable, tmp_path):
     o = dataclasses.replace(FitOptions(**TINY), decoder="inject", bidirectional=True, epochs=1)
     result = fit(learnable["data"], learnable["features"], tmp_path / "run", o, verbose=0)

@@ -124,6 +124,18 @@ def test_caption_batches_group_similar_lengths_and_cover_every_caption(tmp_path)
     assert [seq.batch_captions(b) for b in range(len(seq))] != first
 
 
+def test_a_limit_keeps_the_first_batches_of_each_epochs_own_order(tmp_path):
+    """fit --steps-per-epoch: an epoch of N batches is the first N of the epoch's full order."""
+    _, enc = length_table()
+    store = tiny_store(tmp_path, n_images=20)
+    full, short = CaptionSequence(enc, store, 2, seed=1), CaptionSequence(enc, store, 2, seed=1, limit=3)
+    for _ in range(2):
+        assert len(short) == 3 and len(full) == 10
+        assert [short.batch_captions(b) for b in range(3)] == [full.batch_captions(b) for b in range(3)]
+        full.on_epoch_end(), short.on_epoch_end()
+    assert len(CaptionSequence(enc, store, 2, seed=1, limit=50)) == 10
+
+
 def test_keras_fits_caption_batches_of_varying_length(tmp_path):
     vocab, enc = length_table()
     # unshuffled, the two shortest batches come first: both length 4 unless the sequence mends it

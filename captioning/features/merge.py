@@ -25,7 +25,7 @@ def _differ(kept: np.ndarray, row) -> bool:
     return float(np.linalg.norm(kept - other)) > 1e-2 * max(float(np.linalg.norm(kept)), float(np.linalg.norm(other)))
 
 
-def merge_features(out, parts, overwrite: bool = False, block: int = 1024):
+def merge_features(out, parts, overwrite: bool = False, block: int | None = None):
     """Join the stores of a sharded extraction into ``out``.
 
     Every part must come from the same network (the identity rule of ``FeatureSpec``); an image in
@@ -68,8 +68,9 @@ def merge_features(out, parts, overwrite: bool = False, block: int = 1024):
     writer = FeatureStoreWriter(out, attrs, overwrite=overwrite)
     try:
         for s in stores:
-            for i in range(0, len(s), block):
-                ids = s.ids[i:i + block]
+            per_block = block or s.rows_per_block()
+            for i in range(0, len(s), per_block):
+                ids = s.ids[i:i + per_block]
                 rows = s.rows(np.arange(i, i + len(ids)))
                 keep = [j for j, image in enumerate(ids) if image not in seen and image not in writer.done]
                 duplicates += len(ids) - len(keep)

@@ -21,6 +21,9 @@ from captioning.lock import WriterLock
 _STR = h5py.string_dtype("utf-8")
 
 
+BLOCK_BYTES = 2 ** 27  # 128 MiB: what a streamed pass over a store holds at once
+
+
 def _attrs(f: h5py.File) -> dict:
     out = {}
     for k, v in f.attrs.items():
@@ -94,12 +97,14 @@ class FeatureStore:
         except CaptioningError as e:
             raise CaptioningError(f"{self.path}: {e}") from e
 
-    def statistics(self, rows, block: int = 4096):
-        """Per-feature mean and standard deviation of the given rows, streamed (COCO-sized stores fit).
+    def statistics(self, rows, block: int | None = None):
+        """Per-feature mean and standard deviation of the given rows, streamed in blocks of about
+        ``BLOCK_BYTES`` (a COCO-sized spatial store is 15 GB; its statistics hold a few hundred MB at a time).
 
         Spatial grids give statistics per channel, over all cells. Non-finite values are refused:
         they would turn every loss into NaN many minutes later."""
         rows = np.sort(np.unique(np.asarray(rows)))
+        block = block or self.rows_per_block(8)
         total, sq, n = None, None, 0
         for i in range(0, len(rows), block):
             x = self.rows(rows[i:i + block]).astype(np.float64)
@@ -114,6 +119,12 @@ class FeatureStore:
             n += len(x)
         mean = total / n
         return mean, np.sqrt(np.maximum(sq / n - mean ** 2, 0.0))
+
+    def rows_per_block(self, itemsize: int | None = None) -> int:
+        """How many rows make about ``BLOCK_BYTES`` at ``itemsize`` bytes a number (default: the stored
+        one): pooled stores stream thousands of rows at a time, spatial ones a few dozen."""
+        numbers = int(np.prod(self.feature_shape))
+        return max(1, BLOCK_BYTES // (numbers * (itemsize or self.dtype.itemsize)))
 
     @property
     def dtype(self):

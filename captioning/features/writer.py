@@ -19,7 +19,7 @@ import numpy as np
 from captioning.errors import CaptioningError
 from captioning.lock import WriterLock
 
-from captioning.features.store import _STR, FeatureStore, _attrs, _refuse_if_locked, _strings, partial_dir
+from captioning.features.store import _STR, BLOCK_BYTES, FeatureStore, _attrs, _refuse_if_locked, _strings, partial_dir
 
 
 # HDF5 cannot recover from a write that fails half-way: the file's close fails too, and h5py later
@@ -185,8 +185,9 @@ class FeatureStoreWriter:
             for p, mask in zip(sources, keep):
                 with h5py.File(p, "r") as f:
                     src_ids = _strings(f["image_ids"])
-                    for start in range(0, len(src_ids), 4096):
-                        block = f["features"][start:start + 4096][mask[start:start + 4096]]
+                    rows = max(1, BLOCK_BYTES // max(1, f["features"][0:1].nbytes))  # spatial rows are big
+                    for start in range(0, len(src_ids), rows):
+                        block = f["features"][start:start + rows][mask[start:start + rows]]
                         feats[row:row + len(block)] = block
                         row += len(block)
                     ids += [i for i, m in zip(src_ids, mask) if m]

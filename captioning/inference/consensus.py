@@ -36,6 +36,14 @@ def pooled(features) -> np.ndarray:
     return features.mean(axis=1) if features.ndim == 3 else features
 
 
+def pooled_features(store, images: list) -> np.ndarray:
+    """``pooled`` features of ``images`` read from ``store`` a block at a time: a spatial store is never
+    in memory whole, only the (N, C) result."""
+    block = store.rows_per_block()
+    return np.concatenate([pooled(store[images[i:i + block]]) for i in range(0, len(images), block)]
+                          or [np.zeros((0, store.feature_shape[-1]), np.float32)])
+
+
 def write(path, features, references: list, dimensions: int = DIMENSIONS) -> Path:
     """``features``: the train images' stored features; ``references``: per image, its cleaned captions."""
     x = pooled(features)

@@ -109,10 +109,11 @@ class FitPlan:
         o, n = self.options, self.placement.replicas
         if self.fast:
             return [CaptionSequence(e, self.store, o.batch_size * n, o.seed, shuffle=s, multiple_of=n,
-                                    output_offset=cfg.decoder.output_offset)
+                                    output_offset=cfg.decoder.output_offset,
+                                    limit=o.steps_per_epoch if s else None)
                     for e, s in ((self.train, True), (self.dev, False))]
         return [PairSequence(e, self.store, o.batch_size * n, o.seed, shuffle=s, multiple_of=n,
-                             fixed_length=cfg.max_length - 1)
+                             fixed_length=cfg.max_length - 1, limit=o.steps_per_epoch if s else None)
                 for e, s in ((self.train, True), (self.dev, False))]
 
 
@@ -410,8 +411,8 @@ def _write_neighbours(p: FitPlan) -> None:
     """The train side of consensus re-ranking, so the run re-ranks without its feature store."""
     from captioning.inference import consensus
     images = sorted(p.train_references)
-    pooled = np.concatenate([consensus.pooled(p.store[images[i:i + 1024]]) for i in range(0, len(images), 1024)])
-    consensus.write(p.out / consensus.FILE, pooled, [p.train_references[i] for i in images])
+    consensus.write(p.out / consensus.FILE, consensus.pooled_features(p.store, images),
+                    [p.train_references[i] for i in images])
 
 
 def fit(captions, features, out, options: FitOptions = FitOptions(), format=None, resume: bool = False,

@@ -15,7 +15,7 @@ from captioning import interrupt
 from captioning.backend import import_keras
 from captioning.console import count, progress
 from captioning.inference import matching
-from captioning.inference.consensus import pooled
+from captioning.inference.consensus import pooled_features
 from captioning.run import save_model
 
 keras = import_keras()
@@ -101,7 +101,7 @@ def write(p, verbose="auto") -> None:
     rows = {}
     for image, ids in zip(p.train.images, p.train.ids):
         rows.setdefault(image, []).append([int(i) for i in ids[1:-1]])  # without start and end
-    features = np.concatenate([pooled(p.store[images[i:i + 1024]]) for i in range(0, len(images), 1024)])
+    features = pooled_features(p.store, images)
     if verbose != 0:
         print(f"Training the image–caption matcher for re-ranking on {count(len(images), 'train image')}.",
               flush=True)

@@ -59,6 +59,10 @@ class FitOptions:
     self_critical_epochs: int = option(1, "then N epochs of self-critical training on CIDEr-D (Rennie et al. 2017; "
                                        "about as long as a cross-entropy epoch each; 0: none)", low=0, metavar="N")
     self_critical_learning_rate: float = option(5e-5, "Adam's, for the self-critical epochs", low=0, low_open=True)
+    steps_per_epoch: int | None = option(None, "at most N batches per cross-entropy and self-critical epoch, each "
+                                         "epoch's drawn afresh from its shuffle (default: all the train images; "
+                                         "for a first look at a large data set)", low=1, metavar="N",
+                                         show_default=False)
     matcher_epochs: int = option(60, "passes over the train images for re-ranking's image–caption matcher "
                                  "(matcher.keras; 0: none, and re-ranking uses the neighbours' consensus alone)",
                                  low=0, metavar="N")

@@ -30,6 +30,7 @@ from captioning.training.checkpoints import json_rows, read_state, recorded_rows
 from captioning.training.sequences import pad
 
 keras = import_keras()
+DEV_BLOCK = 1024  # dev images decoded at a time
 
 
 @dataclasses.dataclass
@@ -44,6 +45,7 @@ class SelfCritical:
     samples: int = 5
     images_per_batch: int = 32
     seed: int = 0
+    batches: int | None = None  # per epoch, the first of its order (fit --steps-per-epoch); None: all
 
     def __post_init__(self):
         cfg = dataclasses.replace(self.cfg, dropout=0.0)
@@ -70,15 +72,18 @@ class SelfCritical:
         images = sorted(references)
         self.next_word.set_weights(self.policy.get_weights())
         v = self.vocab
-        hyps = Greedy()(self.steps, self.store[images].astype(np.float32), v.start_id, v.end_id, self.cfg.max_length)
-        return float(CiderD(references).scores(images, [v.decode(t) for t in hyps.tokens]).mean())
+        tokens = []
+        for i in range(0, len(images), DEV_BLOCK):  # a COCO dev split's grids would take 1.3 GB at once
+            features = self.store[images[i:i + DEV_BLOCK]].astype(np.float32)
+            tokens += Greedy()(self.steps, features, v.start_id, v.end_id, self.cfg.max_length).tokens
+        return float(CiderD(references).scores(images, [v.decode(t) for t in tokens]).mean())
 
     def epoch(self, epoch: int, progress=None) -> dict:
         """One pass over the train images; returns the mean reward of the samples."""
         rng = np.random.default_rng([self.seed, 7919, epoch])
         order = rng.permutation(len(self.images))
         rewards = []
-        for b, start in enumerate(range(0, len(order), self.images_per_batch)):
+        for b, start in enumerate(range(0, len(order), self.images_per_batch)[:self.batches]):
             chosen = order[start:start + self.images_per_batch]
             rewards.append(self.update(chosen, seed=[self.seed, epoch, b]))
             interrupt.check()
@@ -121,7 +126,8 @@ def fine_tune(p, verbose="auto") -> list:
     rows = tuning_rows(state, p.out)
     if done >= o.self_critical_epochs:
         return rows
-    sc = SelfCritical(p.run.decoder, p.run.vocab, p.store, p.train, o.self_critical_learning_rate, seed=o.seed)
+    sc = SelfCritical(p.run.decoder, p.run.vocab, p.store, p.train, o.self_critical_learning_rate, seed=o.seed,
+                      batches=o.steps_per_epoch)
     if done:
         sc.policy = load_model(checkpoint(ckpt, done), compile=True)
     else:
@@ -133,7 +139,7 @@ def fine_tune(p, verbose="auto") -> list:
     if say:
         print(f"Self-critical fine-tuning on CIDEr-D: {count(o.self_critical_epochs - done, 'epoch')} from dev CIDEr-D "
               f"{rows[0]['dev_cider']:.3f} (greedy).", flush=True)
-    batches = -(-len(sc.images) // sc.images_per_batch)
+    batches = min(-(-len(sc.images) // sc.images_per_batch), o.steps_per_epoch or len(sc.images))
     for epoch in range(done, o.self_critical_epochs):
         start = time.perf_counter()
         bar = progress(total=batches, desc=f"self-critical {epoch + 1}/{o.self_critical_epochs}", unit="batch",

@@ -58,12 +58,13 @@ def pad(seqs, length=None, offset=0) -> np.ndarray:
 
 
 class _FeatureBatches(keras.utils.PyDataset):
-    """Batches of caption indices, re-drawn every epoch from ``(seed, epoch)``."""
+    """Batches of caption indices, re-drawn every epoch from ``(seed, epoch)``; ``limit``: at most that many
+    per epoch (the first of that epoch's order)."""
 
     def __init__(self, captions: EncodedCaptions, store, batch_size: int, seed: int = 0,
-                 shuffle: bool = True, multiple_of: int = 1, **kwargs):
+                 shuffle: bool = True, multiple_of: int = 1, limit: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.captions, self.store, self.batch_size = captions, store, batch_size
+        self.captions, self.store, self.batch_size, self.limit = captions, store, batch_size, limit
         self.seed, self.shuffle, self.multiple_of = seed, shuffle, multiple_of
         self.row_of_caption = np.array([store.index[i] for i in captions.images], dtype=np.int64)
         self.set_epoch(0)
@@ -80,7 +81,8 @@ class _FeatureBatches(keras.utils.PyDataset):
         self.set_epoch(self.epoch + 1)
 
     def __len__(self):
-        return len(self._batch_list)
+        """The epoch's batches, or its first ``limit`` (``fit --steps-per-epoch``)."""
+        return min(len(self._batch_list), self.limit or len(self._batch_list))
 
     def features(self, caption_indices) -> np.ndarray:
         return self.store.rows(self.row_of_caption[caption_indices]).astype(np.float32, copy=False)
