@@ -3,6 +3,7 @@ makes a tiny run on the sample set in the default test run, and every other scri
 without the ImageNet classifier's weights does in the slow set (``pytest -m slow``). Their figures
 are for docs/benchmarks.md, not asserted here; what is asserted is that they run and print."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,18 @@ def test_serve_loads_the_server_at_each_level(learnable):
     out = _run(BENCH / "serve.py", "--run", learnable["run"], "--images", learnable["data"] / "Images", "--photos", "12",
                "--levels", "1,4", "--decoding", "greedy")
     assert "| 1 | 12 |" in out and "| 4 | 12 |" in out and "folder rate" in out
+
+@pytest.mark.slow
+def test_scale_runs_every_stage_on_a_tiny_coco_shaped_set(tmp_path):
+    """247 images in the Karpathy layout: fit, evaluate and caption in fresh processes, one table row each."""
+    out = _run(BENCH / "scale.py", "--sizes", "0.002", "--steps", "2", "--folder", "3", "--out", tmp_path, timeout=900)
+    for stage in ("fit: cross-entropy epoch", "fit: self-critical epoch", "fit: matcher", "evaluate --split test",
+                  "caption FOLDER"):
+        assert f"| {stage}" in out
+    data = json.loads((tmp_path / "coco-0.002" / "data" / "dataset_coco.json").read_text())
+    assert len(data["images"]) == 247 and {im["split"] for im in data["images"]} == {"train", "restval", "val", "test"}
+    assert all(len(im["sentences"]) == 5 for im in data["images"])
+
 
 # rerank_variants.py and imagenet_posteriors.py need the ImageNet classifier's weights file, which
 # tests cannot have: they are covered by --help above.

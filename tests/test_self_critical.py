@@ -42,6 +42,23 @@ def _session(learnable, tmp_path, **kwargs):
     return p, sc
 
 
+def test_rewards_are_cider_d_against_each_images_references(learnable, tmp_path):
+    """The sparse scorer gives each sample what the dictionary CiderD gives it, unknown words, repeats
+    and empty captions included."""
+    p, sc = _session(learnable, tmp_path)
+    refs = {}
+    for image, ids in zip(sc.train.images, sc.train.ids):
+        refs.setdefault(image, []).append(tuple(int(i) for i in ids[1:-1]))
+    rng = np.random.default_rng(0)
+    chosen = rng.choice(len(sc.images), size=6, replace=False)
+    words = [list(rng.choice(len(sc.vocab) + 3, size=rng.integers(0, 12))) for _ in range(6 * sc.samples)]
+    words[0] = list(refs[sc.images[chosen[0]]][0])  # a reference itself
+    words[1] = words[1][:3] * 3  # repeats: clipped counts
+    expected = CiderD(refs).scores([sc.images[i] for i in np.repeat(chosen, sc.samples)], words)
+    np.testing.assert_allclose(sc.rewards(chosen, words).reshape(-1), expected, rtol=1e-9, atol=1e-12)
+    assert expected[0] > 1
+
+
 def test_updates_raise_the_reward(learnable, tmp_path):
     p, sc = _session(learnable, tmp_path, learning_rate=1e-4, images_per_batch=16)
     rewards = [sc.epoch(e)["reward"] for e in range(4)]
@@ -54,7 +71,7 @@ def test_equal_rewards_leave_the_weights_alone(learnable, tmp_path, monkeypatch)
     siblings, no gradient."""
     p, sc = _session(learnable, tmp_path)
     before = sc.policy.get_weights()
-    monkeypatch.setattr(sc.cider, "scores", lambda images, hyps: np.full(len(images), 0.7))
+    monkeypatch.setattr(sc, "rewards", lambda chosen, words: np.full((len(chosen), sc.samples), 0.7))
     sc.update(np.arange(4), seed=[0])
     for a, b in zip(before, sc.policy.get_weights()):
         np.testing.assert_array_equal(a, b)

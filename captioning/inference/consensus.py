@@ -207,9 +207,11 @@ class ConsensusRerank:
         if self._caption_vectors is None:  # every train caption once per search object: ~3 s for Flickr8k
             ids = [self.vocab.encode(c, markers=False) for c in self.consensus.captions]
             self._caption_vectors = self.matcher.caption_vectors(ids)
-        similarity = image_vectors @ self._caption_vectors.T
-        k = min(self.retrieved, similarity.shape[1])
-        return np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        k = min(self.retrieved, len(self._caption_vectors))
+        # 64 photos at a time: against COCO's 566,000 train captions a batch's whole similarity
+        # matrix and its argpartition would take 3.5 GB
+        return np.concatenate([np.argpartition(-(image_vectors[i:i + 64] @ self._caption_vectors.T), k - 1, axis=1)[:, :k]
+                               for i in range(0, len(image_vectors), 64)] or [np.zeros((0, k), np.int64)])
 
     def __call__(self, steps, features, start_id, end_id, max_length) -> Hypotheses:
         return self.choose(features, self.candidates(steps, features, start_id, end_id, max_length))

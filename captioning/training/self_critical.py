@@ -24,7 +24,7 @@ from captioning import atomic, decoders, interrupt
 from captioning.backend import import_keras
 from captioning.console import count, progress
 from captioning.decoders.steps import WithoutTokens
-from captioning.metrics.cider import CiderD
+from captioning.metrics.cider import CiderD, ReferenceIndex
 from captioning.inference.search import Greedy, RandomSampler
 from captioning.training.checkpoints import json_rows, read_state, recorded_rows, write_csv
 from captioning.training.sequences import pad
@@ -60,7 +60,9 @@ class SelfCritical:
             refs.setdefault(image, []).append(tuple(int(i) for i in ids[1:-1]))
         self.images = sorted(refs)
         self.rows = np.array([self.store.index[i] for i in self.images], np.int64)
-        self.cider = CiderD(refs)
+        # the rewards' CIDEr-D as sparse products over every train caption (ReferenceIndex): at COCO
+        # size a few numpy arrays instead of 4 GB of per-caption n-gram dictionaries
+        self.references = ReferenceIndex([refs[i] for i in self.images])
         self.offset = self.cfg.decoder.output_offset
 
     def load_weights(self, weights):
@@ -91,6 +93,15 @@ class SelfCritical:
                 progress(b + 1, float(np.mean(rewards)))
         return {"reward": float(np.mean(rewards))}
 
+    def rewards(self, chosen, words: list) -> np.ndarray:
+        """(len(chosen), samples): each sampled caption's CIDEr-D against its image's references
+        (``chosen``: rows of ``images``; ``words``: the samples, image by image)."""
+        n, first = self.samples, self.references.first_row
+        rows = [np.arange(first[i], first[i + 1]) for i in chosen]
+        weights = [np.full((len(r), 1), 1.0 / len(r)) for r in rows]
+        groups = [words[k * n:(k + 1) * n] for k in range(len(chosen))]
+        return np.stack([s[:, 0] for s in self.references.scores(groups, rows, weights)])
+
     def update(self, chosen, seed) -> float:
         n = self.samples
         self.next_word.set_weights(self.policy.get_weights())
@@ -98,9 +109,8 @@ class SelfCritical:
         v, max_length = self.vocab, self.cfg.max_length
         sampler = RandomSampler(seed=int(np.random.default_rng(seed).integers(2**31)))
         hyps = sampler(self.steps, features, v.start_id, v.end_id, max_length)
-        images = [self.images[i] for i in np.repeat(chosen, n)]
-        words = [t[:-1] if f else t for t, f in zip(hyps.tokens, hyps.finished)]
-        reward = self.cider.scores(images, [tuple(w) for w in words]).reshape(-1, n)
+        words = [list(t[:-1] if f else t) for t, f in zip(hyps.tokens, hyps.finished)]
+        reward = self.rewards(chosen, words)
         baseline = (reward.sum(axis=1, keepdims=True) - reward) / (n - 1)
         advantage = (reward - baseline).reshape(-1)
         seqs = [np.array([v.start_id, *t], np.int32) for t in hyps.tokens]
