@@ -324,7 +324,8 @@ def spatial_check(a) -> list:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=float, nargs="+", default=[0.125, 0.5, 1.0], help="fractions of COCO")
+    p.add_argument("--sizes", type=float, nargs="*", default=[0.125, 0.5, 1.0], help="fractions of COCO (none: "
+                   "only --spatial)")
     p.add_argument("--steps", type=int, default=400, help="batches per cross-entropy and self-critical epoch")
     p.add_argument("--folder", type=int, default=500, help="photos for the caption stage")
     p.add_argument("--matcher-epochs", type=int, default=60, help="fit's (its default: 60); fewer re-measure "

@@ -273,3 +273,11 @@ def test_spatial_stores_stream_in_blocks_of_bytes_not_rows(tmp_path, monkeypatch
     monkeypatch.setattr(store_module, "INDICES_PER_READ", 2)  # h5py reads long row lists slowly: in pieces
     order = [6, 0, 3, 3, 5, 1]
     np.testing.assert_array_equal(real_rows(merged, order), x[order])
+
+
+def test_merging_keeps_a_few_numbers_per_image_not_its_row():
+    """merge-features remembers each image's row to tell a clash from a duplicate: 64 numbers, not
+    a view that keeps the whole 7×7×1,280 row alive (a COCO-sized grid store ran out of 24 GB)."""
+    from captioning.features.merge import _digest
+    kept = _digest(np.ones((49, 1280), np.float16))
+    assert kept.shape == (64,) and (kept.base is None or kept.base.nbytes <= 64 * 4)

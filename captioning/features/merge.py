@@ -15,7 +15,7 @@ def _digest(row) -> np.ndarray:
     """What is kept of a stored row to compare a later part's row of the same name against: a
     64 numbers spread over it, so the check costs no memory per image worth mentioning."""
     flat = np.asarray(row, np.float32).reshape(-1)
-    return flat[:: max(1, len(flat) // 64)][:64]
+    return flat[:: max(1, len(flat) // 64)][:64].copy()  # a view would keep the whole row alive
 
 
 def _differ(kept: np.ndarray, row) -> bool:
