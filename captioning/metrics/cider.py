@@ -120,7 +120,7 @@ class ReferenceIndex:
             unique, gram = np.unique(keys, return_inverse=True)
             pairs, tf = np.unique(rows * len(unique) + gram, return_counts=True)
             rows, gram = pairs // len(unique), pairs % len(unique)
-            doc = np.unique(row_image[rows] * len(unique) + gram) % len(unique)  # each gram once per image
+            doc = _distinct(row_image[rows] * len(unique) + gram) % len(unique)  # each gram once per image
             idf = self.log_images - np.log(np.maximum(1.0, np.bincount(doc, minlength=len(unique))))
             value = tf * idf[gram]
             self.norms[:, k - 1] = np.sqrt(np.bincount(rows, value * value, minlength=len(captions)))
@@ -205,6 +205,13 @@ class ReferenceIndex:
                 if any(w not in self.words for w in gram):
                     out[i, len(gram) - 1] += (tf * self.log_images) ** 2
         return out
+
+
+def _distinct(keys):
+    """``np.unique(keys)`` by sorting: numpy's default hashing took 2.3 s for each n-gram order's
+    (image, gram) keys of COCO's train captions (loading a COCO-sized run's re-ranking files: 25 s → 14 s)."""
+    keys = np.sort(keys)
+    return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
 
 
 def _lookup(sorted_keys, keys):
