@@ -52,9 +52,32 @@ def test_the_cli_draws_its_attention_figure_in_a_fresh_process(grid_run, sample_
     run, store, _ = grid_run
     image = sample_dir / "Images" / store.ids[0]
     done = subprocess.run([sys.executable, "-m", "captioning", "caption", str(image), "--run", str(run),
-                           "--attention-figure", str(tmp_path / "att.png")], capture_output=True, text=True)
+                           "--attention-figure", str(tmp_path / "att.png"), "--attention-block", "1"],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\t")[0] == str(image) and (tmp_path / "att.png").stat().st_size > 10_000
+    done = subprocess.run([sys.executable, "-m", "captioning", "caption", str(image), "--run", str(run),
+                           "--attention-figure", str(tmp_path / "att3.png"), "--attention-block", "3"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "decoder blocks 1 to 2" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "att3.png").exists()
+
+
+def test_each_block_draws_its_own_maps_for_the_same_caption(grid_run):
+    run, store, _ = grid_run
+    cap = Captioner.load(run)
+    last = cap.caption_features(store[store.ids[:4]], "greedy")
+    cap.draw_maps_from_block(1)
+    first = cap.caption_features(store[store.ids[:4]], "greedy")
+    assert [c.text for c in first] == [c.text for c in last]  # the maps are read, not used to choose words
+    for a, b in zip(first, last):
+        np.testing.assert_allclose(a.attention.sum(-1), 1.0, atol=1e-4)
+        assert np.abs(a.attention - b.attention).max() > 1e-3
+    cap.draw_maps_from_block(2)
+    np.testing.assert_allclose(cap.caption_features(store[store.ids[:1]], "greedy")[0].attention, last[0].attention,
+                               atol=1e-6)
+    with pytest.raises(UsageError, match="decoder blocks 1 to 2"):
+        cap.draw_maps_from_block(0)
 
 
 def test_a_pooled_transformer_has_no_maps_to_draw(sample_dir, tmp_path):

@@ -49,6 +49,10 @@ def caption(a):
     if a.attention_figure and (not captioner.decoder.decoder.has_attention_maps(captioner.decoder) or len(a.run) > 1):
         raise UsageError("--attention-figure needs one run (one --run) trained with --decoder attention, or "
                          "--decoder transformer on --spatial features")  # said before any work
+    if a.attention_block is not None:
+        if not a.attention_figure:
+            raise UsageError("--attention-block chooses the maps of --attention-figure: give both, or neither")
+        captioner.draw_maps_from_block(a.attention_block)
     results = captioner.caption_files(image_files(a.images), search, max_length=a.max_length,
                                       show_progress=True)  # on a terminal only: stdout stays one line per image
     for note in captioner.notes:
@@ -144,6 +148,9 @@ def add_commands(add):
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--attention-figure", metavar="OUT.png", type=figure_path,
                    help="attention and grid transformer runs: per-word attention maps (one file per image when several)")
+    p.add_argument("--attention-block", type=ranged(int, 1, None), metavar="N",
+                   help="grid transformer runs: draw decoder block N's cross-attention (1 = the first; default: the "
+                        "last), averaged over its heads")
     p.add_argument("--figure", metavar="OUT.png", type=figure_path,
                    help="a grid of the images with their captions (PNG, or PDF/SVG/… by the suffix)")
     add_decoding_options(p)

@@ -23,7 +23,7 @@ class Transformer(Decoder):
     default_dropout = 0.1  # the recurrent decoders' 0.5 would drop half of every residual branch
 
     def has_attention_maps(self, cfg):
-        return cfg.grid_size > 1  # the last block's cross-attention, averaged over its heads
+        return cfg.grid_size > 1  # a block's cross-attention (the last's unless told), averaged over its heads
 
     def validate(self, cfg):
         super().validate(cfg)
@@ -55,7 +55,11 @@ class Transformer(Decoder):
 
 class TransformerSteps(StepModel):
     """State: the position (rows,), each block's cross-attention keys and values of the image, each
-    block's self-attention cache, and (for a grid) the attention maps so far, kept outside the graph."""
+    block's self-attention cache, and (for a grid) the attention maps so far, kept outside the graph.
+    The maps are block ``map_block``'s (0 = the first; by default -1, the last): the step gives every
+    block's, so choosing another needs no new graph."""
+
+    map_block = -1
 
     def __init__(self, model, cfg):
         keras = import_keras()
@@ -93,7 +97,7 @@ class TransformerSteps(StepModel):
         out = run_rows(model.predict_on_batch, [np.asarray(tokens, np.int32), position, *rest])
         pairs, ncross = self._sizes[0], len(rest) - self._sizes[0]
         cross, heads, alpha, cache = rest[:ncross], out[:-pairs - 1], out[-pairs - 1], out[-pairs:]
-        maps = [np.concatenate([maps[0], alpha[:, None, :]], axis=1)] if self.grid else []
+        maps = [np.concatenate([maps[0], alpha[:, None, self.map_block]], axis=1)] if self.grid else []
         return heads, [position + 1, *cross, *cache, *maps]
 
     def step(self, tokens, state):

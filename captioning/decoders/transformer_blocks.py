@@ -160,12 +160,12 @@ class CaptionTransformer(keras.layers.Layer):
     def step(self, tokens, position, cross, cache, training=False):
         """One word for each row at ``position`` (B,): tokens (B,), ``cross`` from ``cross_keys``,
         ``cache`` each block's self-attention keys and values (B, max_length, width), zero beyond
-        the position. Returns (probs (B, V), the new cache, the last block's cross-attention (B, P)
-        averaged over heads)."""
+        the position. Returns (probs (B, V), the new cache, each block's cross-attention averaged over
+        its heads (B, blocks, P))."""
         here = ops.one_hot(position, self.max_length)  # (B, max_length): where this word's key goes
         x = self.words(tokens) + self.positions(position)
         seen = (ops.arange(self.max_length)[None, :] <= position[:, None])[:, None, None, :]
-        new_cache, weights = [], None
+        new_cache, maps = [], []
         for i, block in enumerate(self.decoder):
             h = block.norms[0](x)[:, None, :]
             keys = cache[2 * i] + here[:, :, None] * block.k(h)
@@ -174,8 +174,9 @@ class CaptionTransformer(keras.layers.Layer):
             x = x + block.o(attend(block.q(h), keys, values, self.heads, seen)[0])[:, 0]
             out, weights = block.attend_cells(x[:, None, :], self._cross_of(cross, i), self.heads)
             x = x + out[:, 0]
+            maps.append(ops.mean(weights[:, :, 0, :], axis=1))
             x = block.feed_forward(x, self.drop, training)
-        return self._probs(self.final_norm(x)), new_cache, ops.mean(weights[:, :, 0, :], axis=1)
+        return self._probs(self.final_norm(x)), new_cache, ops.stack(maps, axis=1)
 
     def _probs(self, x):
         return ops.softmax(self.words(x, reverse=True) if self.tie else self.out(x), axis=-1)

@@ -9,7 +9,7 @@ import numpy as np
 
 from captioning import decoders
 from captioning.decoders.steps import WithoutTokens
-from captioning.errors import DAMAGED_RUN_FILE, CaptioningError
+from captioning.errors import DAMAGED_RUN_FILE, CaptioningError, UsageError
 from captioning.lock import WriterLock
 from captioning.inference.ensemble import EnsembleSteps
 from captioning.inference.decoding import Decoding, get as get_decoding
@@ -110,6 +110,20 @@ class Captioner:
         self._proposers = None
         self._searches = {}
         self.notes = []
+
+    def draw_maps_from_block(self, block: int) -> None:
+        """Attention maps from decoder block ``block`` (1 = the first) of a grid transformer run, instead
+        of its last block's. Each block attends to the cells on its own; the maps differ."""
+        from captioning.decoders.transformer import TransformerSteps
+        inner = self.steps.inner
+        blocks = self.decoder.blocks
+        if not (isinstance(inner, TransformerSteps) and inner.grid):
+            raise UsageError("choosing a block's attention maps applies to one transformer run on --spatial "
+                                  f"features; {self.run_dirs[0]} is a {self.decoder.type} run"
+                                  f"{'' if self.decoder.grid_size else ' on pooled features'}.")
+        if not 1 <= block <= blocks:
+            raise UsageError(f"block {block}: {self.run_dirs[0]}'s transformer has decoder blocks 1 to {blocks}.")
+        inner.map_block = block - 1
 
     @classmethod
     def load(cls, run_dir, weights=None, allow_partial: bool = False) -> "Captioner":
