@@ -54,6 +54,15 @@ def test_decode_prints_each_recipe_and_the_ratio(learnable):
     assert "× the throughput of beam 16 without re-ranking" in out
 
 
+def test_attention_maps_measures_a_runs_maps(attention_run, sample_dir, tmp_path):
+    run, store = attention_run
+    out = _run(BENCH / "attention_maps.py", "--run", run, "--captions", sample_dir, "--features", store.path,
+               "--split", "test", "--k", "3", "--out", tmp_path / "maps.json")
+    assert "hiding k=3 of 49 cells" in out
+    summary = json.loads((tmp_path / "maps.json").read_text())
+    assert summary["function"]["count"] > 0 and summary["k"] == 3
+
+
 @pytest.mark.slow
 def test_quality_trains_and_scores_on_a_small_set(learnable, tmp_path):
     out = _run(BENCH / "quality.py", "--captions", learnable["data"], "--features", learnable["features"],
