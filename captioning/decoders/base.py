@@ -23,6 +23,9 @@ from captioning.errors import UsageError
 # The sizes every decoder starts from; ``fit``'s options take their defaults from here.
 SIZES = {"embed_dim": 512, "units": 512, "dropout": 0.5, "attention_dim": 256, "doubly_stochastic": 0.02, "blocks": 2,
          "heads": 8}
+# fit's settings that a decoder may set for itself (``Decoder.defaults``), and the shared values
+FIT_DEFAULTS = {"embed_dim": SIZES["embed_dim"], "units": SIZES["units"], "dropout": SIZES["dropout"],
+                "heads": SIZES["heads"], "tie_embeddings": False, "learning_rate": 1e-3}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +91,13 @@ class Decoder:
     needs_spatial: bool | None = False  # True: reads the (H·W, C) grid; False: a pooled vector; None: either
     output_offset: int = 0  # steps before the first word prediction (pre-inject: the image step)
     can_tie: bool = True  # its output layer can be the transposed word vectors (--tie-embeddings)
-    tied_by_default: bool = False  # where tying measured better on Flickr8k dev (docs/results.md, "Tied word vectors")
-    default_dropout: float = SIZES["dropout"]  # fit's --dropout when it is not given
+    # fit's settings that this decoder takes unless told otherwise, where its own measured better on
+    # Flickr8k dev than the shared ones of FIT_DEFAULTS (docs/results.md)
+    defaults: dict = {}
+
+    def fit_defaults(self, given: dict) -> dict:
+        """The values of FIT_DEFAULTS' settings left unset (None) in ``given``: this decoder's own, or the shared."""
+        return {k: self.defaults.get(k, shared) for k, shared in FIT_DEFAULTS.items() if given.get(k) is None}
 
     def is_causal(self, cfg: DecoderConfig) -> bool:
         """Whether this configuration can train on whole captions (the fast path: the same objective as the

@@ -215,7 +215,7 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
             options = dataclasses.replace(options, epochs=done)
     if options.epochs is None:
         options = dataclasses.replace(options, epochs=DEFAULT_EPOCHS)
-    options.validate()
+    options = options.validate().resolved()  # config.json records the values trained with
     dataset = load_captions(captions, format=format)
     store = FeatureStore.open(features)
     spec = store.spec
@@ -248,13 +248,11 @@ def plan(captions, features, out, options: FitOptions = FitOptions(), format=Non
         if longer:
             notes.append(f"{longer} train captions are longer than {max_length - 2} words (the "
                          f"{options.max_length_percentile}th percentile) and were cut to it.")
-    tie = decoder.tied_by_default if options.tie_embeddings is None else options.tie_embeddings
-    dropout = decoder.default_dropout if options.dropout is None else options.dropout
     cfg = DecoderConfig(options.decoder, len(vocab), spec.feature_shape[-1], max_length, options.embed_dim,
-                        options.units, dropout, options.rnn, options.bidirectional,
+                        options.units, options.dropout, options.rnn, options.bidirectional,
                         grid_size=spec.feature_shape[0] if spec.spatial else 0, attention_dim=options.attention_dim,
-                        doubly_stochastic=options.doubly_stochastic, tie_embeddings=tie, blocks=options.blocks,
-                        heads=options.heads)
+                        doubly_stochastic=options.doubly_stochastic, tie_embeddings=options.tie_embeddings,
+                        blocks=options.blocks, heads=options.heads)
     run = Run(spec, cfg, vocab, training={**dataclasses.asdict(options)},
               data={"source": str(dataset.source.resolve()), "format": dataset.format,
                     "train_images": int(train["image"].nunique()), "dev_images": int(dev["image"].nunique()),

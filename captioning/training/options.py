@@ -11,11 +11,15 @@ from __future__ import annotations
 import dataclasses
 
 from captioning import decoders
-from captioning.decoders.base import SIZES
+from captioning.decoders.base import FIT_DEFAULTS, SIZES
 from captioning.distribute import CHOICES as DISTRIBUTE
 from captioning.options import check, option
 
 MONITORS = ("val_loss", "val_bleu4")
+
+
+def _own(decoder: str, name: str):
+    return decoders.get(decoder).defaults[name]
 DEFAULT_EPOCHS = 20
 
 
@@ -26,18 +30,22 @@ class FitOptions:
     epochs: int | None = option(None, f"the most epochs (early stopping) (default: {DEFAULT_EPOCHS}; with --resume, "
                                 "the run's own)", low=1)
     batch_size: int = option(16, "images per batch on each device (a step takes batch size × devices)", low=1)
-    embed_dim: int = option(SIZES["embed_dim"], "word embedding size", low=1)
-    units: int = option(SIZES["units"], "RNN state size", low=1)
+    embed_dim: int | None = option(None, f"word embedding size (default: {FIT_DEFAULTS['embed_dim']}; "
+                                   f"transformer: --units)", low=1, show_default=False)
+    units: int | None = option(None, f"RNN state size, or the transformer's width (default: {FIT_DEFAULTS['units']}; "
+                               f"transformer {_own('transformer', 'units')})", low=1, show_default=False)
     dropout: float | None = option(None, "dropout rate in the decoder, cross-entropy epochs only (default: "
-                                   f"{SIZES['dropout']}; transformer {decoders.get('transformer').default_dropout})",
+                                   f"{FIT_DEFAULTS['dropout']}; transformer {_own('transformer', 'dropout')})",
                                    low=0, high=1, high_open=True, show_default=False)
     rnn: str = option("lstm", "the recurrent cell", choices=("lstm", "gru"))
     bidirectional: bool = option(False, "inject only: bidirectional final LSTM")
     tie_embeddings: bool | None = option(None, "the word vectors double as the output layer (default: on for "
                                          "init-inject and inject, where it measured better, off for merge and "
                                          "pre-inject; not for attention)", show_default=False)
-    learning_rate: float = option(1e-3, "Adam's, for the cross-entropy epochs (halved when the validation loss "
-                                  "stalls)", low=0, low_open=True)
+    learning_rate: float | None = option(None, "Adam's, for the cross-entropy epochs (halved when the validation loss "
+                                         f"stalls) (default: {FIT_DEFAULTS['learning_rate']:g}; transformer "
+                                         f"{_own('transformer', 'learning_rate'):g})", low=0, low_open=True,
+                                         show_default=False)
     min_count: int = option(5, "keep words seen at least this often in the train captions", low=1)
     max_length_percentile: float | None = option(99.9, "cut captions longer than this percentile of train caption "
                                                  "lengths (100: no cut)", low=0, low_open=True, high=100)
@@ -49,7 +57,8 @@ class FitOptions:
     doubly_stochastic: float = option(SIZES["doubly_stochastic"], "attention only: weight of the "
                                       "λ·Σ(1 − Σₜ αₜ)² regulariser", low=0, metavar="LAMBDA")
     blocks: int = option(SIZES["blocks"], "transformer only: decoder blocks", low=1)
-    heads: int = option(SIZES["heads"], "transformer only: attention heads (they divide --units)", low=1)
+    heads: int | None = option(None, "transformer only: attention heads (they divide --units) (default: "
+                               f"{_own('transformer', 'heads')})", low=1, show_default=False)
     monitor: str = option("val_loss", "what early stopping and the kept epoch follow: validation loss, or the dev "
                           "split's greedy BLEU-4 (a few seconds per epoch)", choices=MONITORS)
     distribute: str = option("auto", "none: one device; mirrored: every GPU of this machine (or its logical CPUs; "
@@ -72,3 +81,7 @@ class FitOptions:
     def validate(self) -> "FitOptions":
         check(self)
         return self
+
+    def resolved(self) -> "FitOptions":
+        """These options with every setting left unset filled in: the decoder's own default, or the shared one."""
+        return dataclasses.replace(self, **decoders.get(self.decoder).fit_defaults(dataclasses.asdict(self)))
