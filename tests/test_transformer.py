@@ -25,6 +25,17 @@ def test_its_width_and_heads_must_agree():
     assert FitOptions(decoder="transformer").dropout is None  # the decoder's own default: 0.1
 
 
+def test_it_has_its_own_defaults_and_its_word_vectors_follow_its_width():
+    own = FitOptions(decoder="transformer").resolved()
+    assert (own.units, own.embed_dim, own.heads, own.dropout, own.learning_rate) == (256, 256, 4, 0.1, 5e-4)
+    narrow = FitOptions(decoder="transformer", units=64, heads=2).resolved()
+    assert (narrow.units, narrow.embed_dim, narrow.heads) == (64, 64, 2)
+    shared = FitOptions(decoder="merge").resolved()
+    assert (shared.units, shared.embed_dim, shared.dropout, shared.learning_rate) == (512, 512, 0.5, 1e-3)
+    assert FitOptions(decoder="init-inject").resolved().tie_embeddings is True
+    assert FitOptions(decoder="init-inject", tie_embeddings=False, dropout=0.2).resolved().dropout == 0.2
+
+
 @pytest.fixture(scope="module")
 def grid_run(sample_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("transformer")
@@ -41,6 +52,7 @@ def test_it_trains_on_a_grid_and_captions_with_a_map_per_word(grid_run):
     assert len(result.self_critical) == 2 and result.has_matcher  # before and after its self-critical epoch
     cap = Captioner.load(run)
     assert cap.decoder.dropout == 0.1 and cap.decoder.blocks == 2
+    assert cap.run.training["dropout"] == 0.1  # config.json records the value trained with, not "unset"
     for c in cap.caption_features(store[store.ids[:3]], "beam"):
         assert c.text and c.attention.shape == (len(c.tokens), 49)
         np.testing.assert_allclose(c.attention.sum(-1), 1.0, atol=1e-4)
