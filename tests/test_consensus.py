@@ -233,20 +233,24 @@ class _TwoStage:
         self._log("search", batch)
         time.sleep(0.05)
         self._log("searched", batch)
-        return batch
+        return Hypotheses([[int(x)] for x in batch], [0.0] * len(batch), [True] * len(batch)), [[] for _ in batch]
 
     def choose(self, batch, found):
         self._log("rerank", batch)
         time.sleep(0.05)
         self._log("reranked", batch)
-        return [int(x) for x in found]
+        return found[0]
 
 
 def test_each_batch_is_reranked_while_the_next_one_searches_and_comes_back_in_order():
     from captioning.inference.captioner import _searched
     search = _TwoStage()
-    batches = [np.array([i, i]) for i in range(4)]
-    assert list(_searched(search, None, batches, 2, 3, 9)) == [[i, i] for i in range(4)]
-    at = {(what, i): (thread, t) for what, i, thread, t in search.events}
-    assert all(at[("rerank", i)][0] != at[("search", i)][0] for i in range(4))  # another thread
-    assert all(at[("search", i + 1)][1] < at[("reranked", i)][1] for i in range(3))  # side by side
+    batches = [np.array([10 * i, 10 * i + 1, 10 * i + 2]) for i in range(4)]
+    out = list(_searched(search, None, batches, 2, 3, 9))
+    assert [h.tokens for h in out] == [[[10 * i], [10 * i + 1], [10 * i + 2]] for i in range(4)]
+    at = {(what, first): (thread, t) for what, first, thread, t in search.events}
+    for i in range(4):  # each batch re-ranked in two halves (images 0-1 and 2), in two other threads at once
+        halves = [at[("rerank", 10 * i)], at[("rerank", 10 * i + 2)]]
+        assert halves[0][0] != halves[1][0] and at[("search", 10 * i)][0] not in {h[0] for h in halves}
+        assert max(h[1] for h in halves) < min(at[("reranked", 10 * i)][1], at[("reranked", 10 * i + 2)][1])
+    assert all(at[("search", 10 * i + 10)][1] < at[("reranked", 10 * i)][1] for i in range(3))  # side by side

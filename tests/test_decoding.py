@@ -15,7 +15,7 @@ def test_the_presets_and_their_words():
     assert decoding.get("sample", temperature=0.5).describe() == "sampling (temperature 0.5, seed 0)"
     assert decoding.get("recommended").settings() == {
         "decoding": "beam 16 + re-ranking", "method": "beam", "beam": 16, "length_penalty": 0.7, "rerank": 40,
-        "matching": 1.0, "likelihood": 0.02, "candidates": "both"}
+        "matching": 1.0, "likelihood": 0.02, "candidates": "both", "proposer_precision": "auto"}
 
 
 def test_options_change_one_part_and_a_beam_of_one_is_greedy():

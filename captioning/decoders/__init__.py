@@ -57,9 +57,14 @@ def build(cfg: DecoderConfig, sequences: bool = False):
     return get(cfg.type).build(cfg, sequences)
 
 
-def step_model(model, cfg: DecoderConfig) -> StepModel:
-    """The one-token inference view of a trained next-word model."""
-    return get(cfg.type).step_model(model, cfg)
+def step_model(model, cfg: DecoderConfig, policy: str | None = None) -> StepModel:
+    """The one-token inference view of a trained next-word model; with a Keras dtype ``policy``
+    ("mixed_bfloat16", "mixed_float16"), of a copy of it that computes in that precision
+    (``precision.recast``), its log-probabilities returned as float32."""
+    if policy is None:
+        return get(cfg.type).step_model(model, cfg)
+    from captioning.decoders.precision import Float32Steps, recast
+    return Float32Steps(get(cfg.type).step_model(recast(model, policy), cfg))
 
 
 __all__ = ["Decoder", "DecoderConfig", "StepModel", "PrefixSteps", "caption_loss", "register", "register_layers",

@@ -157,18 +157,15 @@ def weights_for_spec(spec, override=None, notes: list | None = None):
 
 
 def mixed_precision_policy() -> str:
-    """The fast reduced-precision Keras policy this machine has, or a clear error.
-
-    GPUs compute in float16. CPUs with bfloat16 instructions (AVX512-BF16, AMX) run bfloat16
-    convolutions about twice as fast as float32; elsewhere bfloat16 would be emulated and slower.
-    Variables stay float32 either way, so the network is the same; features differ by about 1 %.
-    """
-    if hardware.gpu_visible():
-        return "mixed_float16"
-    if hardware.cpu_flags() & {"avx512_bf16", "amx_bf16"}:
-        return "mixed_bfloat16"
-    raise CaptioningError("--mixed-precision needs a GPU, or a CPU with bfloat16 instructions (AVX512-BF16 or "
-                          "AMX); this machine has neither, so it would only be slower. Run without it.")
+    """The fast reduced-precision Keras policy this machine has (``hardware.reduced_precision``), or
+    a clear error. Variables stay float32 either way, so the network is the same; features differ by
+    about 1 %."""
+    policy = hardware.reduced_precision()
+    if policy is None:
+        raise CaptioningError("--mixed-precision needs a GPU, or a CPU with bfloat16 instructions (AVX512-BF16 or "
+                              "AMX) under TensorFlow; this machine has neither, so it would only be slower. Run "
+                              "without it.")
+    return policy
 
 
 def build_model(backbone: Backbone, weights="imagenet", pooling: str = "avg", seed: int = 0,

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from captioning import decoders
+from captioning import decoders, hardware
 from captioning.decoders.steps import WithoutTokens
 from captioning.errors import DAMAGED_RUN_FILE, CaptioningError, UsageError
 from captioning.lock import WriterLock
 from captioning.inference.ensemble import EnsembleSteps
 from captioning.inference.decoding import Decoding, get as get_decoding
-from captioning.inference.search import to_captions
+from captioning.inference.search import Hypotheses, to_captions
 from captioning.run import CROSS_ENTROPY_FILE, Run, load_model
 
 
@@ -39,14 +39,15 @@ def check_decoder(model, path: Path, vocab, decoder) -> None:
                          f"this run's decoder gives {len(vocab)} word probabilities")
 
 
-def _proposer(path: Path, vocab, decoder):
-    """The step model of a run's ``cross_entropy.keras``, or a clear error for a damaged file or one
-    from another run (other words, another decoder's layers)."""
+def _proposer(path: Path, vocab, decoder, policy: str | None = None):
+    """The step model of a run's ``cross_entropy.keras`` (computing in the dtype ``policy``; None:
+    float32), or a clear error for a damaged file or one from another run (other words, another
+    decoder's layers)."""
     instead = "Or re-rank model.keras's captions alone (--candidates model)."
     try:
         model = load_model(path)
         check_decoder(model, path, vocab, decoder)
-        return decoders.step_model(model, decoder)
+        return decoders.step_model(model, decoder, policy)
     except CaptioningError as e:
         raise CaptioningError(f"{e} {instead}") from None
     except ValueError as e:
@@ -74,21 +75,29 @@ def empty_captions_note(captions, run_dir) -> str | None:
 
 def _searched(search, steps, batches, start_id, end_id, max_length):
     """``search``'s hypotheses for each batch of features, in order. A re-ranking search (one with
-    ``candidates`` and ``choose``) re-ranks each batch in a second thread while the next batch's
-    searches run: re-ranking is mostly one-threaded NumPy and SciPy, the searches' steps leave the
-    GIL to TensorFlow's threads, so the two share the cores better than they take turns."""
+    ``candidates`` and ``choose``) re-ranks each batch in two more threads, a half each, while the
+    next batch's searches run: re-ranking is mostly one-threaded NumPy and SciPy, the searches' steps
+    leave the GIL to TensorFlow's threads, so they share the cores better than they take turns, and
+    the last batch's re-ranking, which nothing overlaps, uses two cores."""
     if not (hasattr(search, "candidates") and len(batches) > 1):
         for batch in batches:
             yield search(steps, batch, start_id, end_id, max_length)
         return
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="captioning-rerank") as pool:
+
+    def halves(batch, found):
+        hyps, pools = found
+        middle = (len(batch) + 1) // 2
+        return [pool.submit(search.choose, batch[a:b], (hyps.part(a, b), pools[a:b]))
+                for a, b in ((0, middle), (middle, len(batch))) if b > a]
+
+    with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="captioning-rerank") as pool:
         choosing = None
         for batch in batches:
             found = search.candidates(steps, batch, start_id, end_id, max_length)
             if choosing is not None:
-                yield choosing.result()
-            choosing = pool.submit(search.choose, batch, found)
-        yield choosing.result()
+                yield Hypotheses.joined([c.result() for c in choosing])
+            choosing = halves(batch, found)
+        yield Hypotheses.joined([c.result() for c in choosing])
 
 
 class Captioner:
@@ -107,7 +116,7 @@ class Captioner:
         self._backbone = None
         self._consensus = None
         self._matcher = None
-        self._proposers = None
+        self._proposers = {}  # per dtype policy (None: float32)
         self._searches = {}
         self.notes = []
 
@@ -178,13 +187,15 @@ class Captioner:
 
     # --- decoding --------------------------------------------------------------------------------
     def reranked(self, search, neighbours: int = 40, matching: float = 1.0, candidates: str = "both",
-                 likelihood: float = 0.02):
+                 likelihood: float = 0.02, proposer_precision: str = "auto"):
         """``search`` (beam search) followed by consensus re-ranking over the run's ``neighbours.h5``
         (``captioning.inference.consensus``), plus ``matching`` × the image–caption match of its
         ``matcher.keras`` (``captioning.inference.matching``); with ``candidates="both"`` the captions
         that beam search finds with the run's model before self-critical tuning (``cross_entropy.keras``)
         join the candidates; ``likelihood`` × each candidate's log-probability from beam search is added
-        to its score. What the run lacks is left out, with a note."""
+        to its score; ``proposer_precision="auto"`` lets that second search compute in reduced precision
+        where this machine does so faster (``hardware.reduced_precision``). What the run lacks is left
+        out, with a note."""
         from captioning.inference import consensus
         from captioning.inference import matching as match
         home = self.run_dirs[0]
@@ -205,28 +216,30 @@ class Captioner:
                        "runs before version 0.4")
                 self.notes.append(f"{home} has no {match.FILE} ({why}): re-ranked by the neighbours' "
                                   "consensus alone; `captioning fit ... --resume` on the run adds it.")
-        proposers = self._cross_entropy_steps(home) if candidates == "both" else []
+        policy = hardware.reduced_precision() if proposer_precision == "auto" else None
+        proposers = self._cross_entropy_steps(home, policy) if candidates == "both" else []
         return consensus.ConsensusRerank(search, self._consensus, self.vocab, neighbours,
                                          self._matcher if matching else None, matching, proposers,
-                                         likelihood=likelihood)
+                                         likelihood=likelihood, proposer_precision=policy or "float32")
 
-    def _cross_entropy_steps(self, home: Path) -> list:
-        """The step model of ``cross_entropy.keras``, as a list of proposers (empty for an ensemble, whose
-        members already widen the search, and for a run whose model.keras is the cross-entropy model)."""
+    def _cross_entropy_steps(self, home: Path, policy: str | None = None) -> list:
+        """The step model of ``cross_entropy.keras`` computing in the dtype ``policy`` (None: float32), as
+        a list of proposers (empty for an ensemble, whose members already widen the search, and for a
+        run whose model.keras is the cross-entropy model)."""
         if len(self.run_dirs) > 1:
             return []
-        if self._proposers is None:
-            self._proposers = []
+        if policy not in self._proposers:
+            self._proposers[policy] = []
             path = home / CROSS_ENTROPY_FILE
             if path.is_file():
                 v = self.vocab
                 self.run.check_file(home, CROSS_ENTROPY_FILE, "re-rank model.keras's captions alone (--candidates model).")
-                steps = _proposer(path, v, self.decoder)
-                self._proposers = [WithoutTokens(steps, [v.pad_id, v.unk_id, v.start_id])]
+                steps = _proposer(path, v, self.decoder, policy)
+                self._proposers[policy] = [WithoutTokens(steps, [v.pad_id, v.unk_id, v.start_id])]
             elif self.run.results.get("self_critical_kept_epoch", "self_critical_dev_cider" in self.run.results):
                 self.notes.append(f"{home} has no {CROSS_ENTROPY_FILE} (runs before version 0.5 lack it): re-ranked among "
                                   "model.keras's captions alone; `captioning fit ... --resume` on the run adds it.")
-        return self._proposers
+        return self._proposers[policy]
 
     def search(self, decoding="recommended"):
         """The search object for ``decoding`` (a recipe's name, a dict, a ``Decoding``, or a search

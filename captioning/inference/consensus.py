@@ -15,12 +15,14 @@ its feature store.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from captioning import atomic
+from captioning.backend import import_keras
 from captioning.errors import CaptioningError
 from captioning.metrics.cider import ReferenceIndex
 from captioning.inference.search import Hypotheses
@@ -172,15 +174,17 @@ class ConsensusRerank:
     matching: float = 1.0
     proposers: list = dataclasses.field(default_factory=list)
     proposer_search: object = None  # the search the proposers run (None: ``search``, the same width)
+    proposer_precision: str = "float32"  # the Keras dtype policy the proposers compute in, as recorded
     retrieved: int = 100
     likelihood: float = 0.02
     _caption_vectors: object = dataclasses.field(default=None, init=False, repr=False)
+    _lock: object = dataclasses.field(default_factory=threading.Lock, init=False, repr=False)  # choose runs in 2 threads
 
     def describe(self):
         d = {**self.search.describe(), "rerank": "consensus", "neighbours": self.neighbours}
         d = {**d, "matching": self.matching, "retrieved": self.retrieved} if self._matches() else d
         d = {**d, "likelihood": self.likelihood} if self.likelihood else d
-        return {**d, "candidates": "both"} if self.proposers else d
+        return {**d, "candidates": "both", "proposer_precision": self.proposer_precision} if self.proposers else d
 
     def _matches(self) -> bool:
         return self.matcher is not None and bool(self.matching)
@@ -204,13 +208,18 @@ class ConsensusRerank:
 
     def _retrieved(self, image_vectors) -> np.ndarray:
         """(N, retrieved) rows of the train captions the matcher puts closest to each photo (its vector)."""
-        if self._caption_vectors is None:  # every train caption once per search object: ~3 s for Flickr8k
-            ids = [self.vocab.encode(c, markers=False) for c in self.consensus.captions]
-            self._caption_vectors = self.matcher.caption_vectors(ids)
-        k = min(self.retrieved, len(self._caption_vectors))
+        keras = import_keras()
+        with self._lock:  # every train caption once per search object: ~3 s for Flickr8k
+            if self._caption_vectors is None:
+                ids = [self.vocab.encode(c, markers=False) for c in self.consensus.captions]
+                self._caption_vectors = keras.ops.convert_to_tensor(self.matcher.caption_vectors(ids))
+        k = min(self.retrieved, int(self._caption_vectors.shape[0]))
+
+        def nearest(photos):  # the backend's top-k: a third of NumPy's argpartition's time here
+            return keras.ops.top_k(keras.ops.matmul(photos, keras.ops.transpose(self._caption_vectors)), k)[1]
         # 64 photos at a time: against COCO's 566,000 train captions a batch's whole similarity
-        # matrix and its argpartition would take 3.5 GB
-        return np.concatenate([np.argpartition(-(image_vectors[i:i + 64] @ self._caption_vectors.T), k - 1, axis=1)[:, :k]
+        # matrix would take 3.5 GB
+        return np.concatenate([np.asarray(nearest(image_vectors[i:i + 64]), np.int64)
                                for i in range(0, len(image_vectors), 64)] or [np.zeros((0, k), np.int64)])
 
     def __call__(self, steps, features, start_id, end_id, max_length) -> Hypotheses:

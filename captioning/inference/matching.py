@@ -14,6 +14,7 @@ layers only, the feature standardisation inside).
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,7 @@ class Matcher:
     def __init__(self, model, end_id: int):
         keras = import_keras()
         self.model, self.end_id = model, end_id
+        self._lock = threading.Lock()  # re-ranking's two threads: one tower call at a time (each uses every core)
         self.max_length = int(model.inputs[1].shape[1])
         self._image_tower = keras.Model(model.inputs[0], model.outputs[0])
         self._caption_tower = keras.Model(model.inputs[1], model.outputs[1])
@@ -101,11 +103,14 @@ class Matcher:
     def image_vectors(self, features) -> np.ndarray:
         """(N, 512) unit vectors of photos (pooled or grid features, a grid averaged as in training)."""
         from captioning.inference.consensus import pooled
-        return _in_chunks(self._image_tower, pooled(features), 1024)
+        with self._lock:
+            return _in_chunks(self._image_tower, pooled(features), 1024)
 
     def caption_vectors(self, captions: list) -> np.ndarray:
         """(N, 512) unit vectors of captions (word-id lists)."""
-        return _in_chunks(self._caption_tower, padded([self._words(c) for c in captions], self.max_length), 2048)
+        ids = padded([self._words(c) for c in captions], self.max_length)
+        with self._lock:
+            return _in_chunks(self._caption_tower, ids, 2048)
 
     def _words(self, ids):
         ids = list(ids)

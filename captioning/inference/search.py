@@ -36,6 +36,15 @@ class Hypotheses:
     extras: list = dataclasses.field(default_factory=list)  # per image, from StepModel.extras
     alternatives: list = dataclasses.field(default_factory=list)  # beam: per image, [(tokens, log p, score)]
 
+    def part(self, start: int, stop: int) -> "Hypotheses":
+        """Images ``start`` to ``stop`` (exclusive)."""
+        return Hypotheses(*(getattr(self, f.name)[start:stop] for f in dataclasses.fields(self)))
+
+    @classmethod
+    def joined(cls, parts: list) -> "Hypotheses":
+        """The images of ``parts``, in order."""
+        return cls(*([x for p in parts for x in getattr(p, f.name)] for f in dataclasses.fields(cls)))
+
 
 class Sampler:
     """The shared loop: feed the image, then one step per token for the captions still going.
@@ -157,7 +166,7 @@ class BeamSearch(Sampler):
         best = _Finished(n)
         tokens = np.full(n, start_id, np.int32)
         for t in range(max_length - 1):
-            values, ids, state = steps.step_topk(tokens, state, 2 * k)  # (rows, w): each beam's best words
+            values, ids, state = steps.step_topk(tokens, state, k + 1)  # (rows, w): each beam's best words
             if t == 0:  # the first step ran once per image, its k identical beams' rows copied after
                 values, ids, *state = (np.repeat(a, k, axis=0) for a in (values, ids, *state))
             m, w = len(live), values.shape[-1]
