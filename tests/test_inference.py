@@ -204,8 +204,9 @@ class LowRankSteps(StepModel):
         return logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True), [image]
 
 
-def reference_beam(steps, features, k, alpha, max_length):
-    """The textbook beam search, one image and one candidate at a time: the oracle for the batched one."""
+def reference_beam(steps, features, k, alpha, max_length, every_finished=None):
+    """The textbook beam search, one image and one candidate at a time: the oracle for the batched one
+    (each beam's 2k best words; ``every_finished`` gets each image's finished captions)."""
     out = []
     for image in features:
         beams, finished = [([], 0.0, steps.start(np.array([image])))], []
@@ -226,6 +227,8 @@ def reference_beam(steps, features, k, alpha, max_length):
                     beams.append((seq, lp, state))
             if len(finished) >= k or not beams:
                 break
+        if every_finished is not None:
+            every_finished.append(sorted(seq for _, seq, _ in finished))
         if finished:
             out.append(max(finished, key=lambda f: f[0])[1])
         else:
@@ -238,7 +241,9 @@ def test_batched_beam_equals_textbook_beam_on_thousands_of_words(k, end_bias):
     steps = LowRankSteps(end_bias=end_bias)
     images = np.arange(6)
     hyps = BeamSearch(k, alpha=0.7)(steps, images, START, END, max_length=12)
-    assert hyps.tokens == reference_beam(steps, images, k, 0.7, 12)
+    finished = []
+    assert hyps.tokens == reference_beam(steps, images, k, 0.7, 12, finished)
+    assert [sorted(t for t, _, _ in a) for a in hyps.alternatives] == finished  # re-ranking's candidates too
     assert hyps.finished == [END in t for t in hyps.tokens]
     assert any(hyps.finished) == np.isfinite(end_bias)
 

@@ -138,11 +138,12 @@ class BeamSearch(Sampler):
     """Beam search of width ``k``; finished captions are ranked by log p / length**``alpha``.
 
     All images advance together: one model call per step for every live (image, beam) row, which
-    returns only each row's 2k best words (``StepModel.step_topk``, selected inside the compiled step
-    where the decoder supports it); the 2k best of the k·2k candidates per image are then a partial
-    selection (``argpartition``) with no Python loop over images or candidates. This is exact: the
-    best 2k over beams × vocabulary lie within each beam's own best 2k. An image leaves the batch
-    once k of its captions have ended, so the model only runs on rows that can still change the result.
+    returns only each row's k+1 best words (``StepModel.step_topk``, selected inside the compiled
+    step where the decoder supports it); the 2k best of the k·(k+1) candidates per image are then a
+    partial selection (``argpartition``) with no Python loop over images or candidates. This is
+    exact: candidates are taken best first until k continue, so a row gives at most k continuations
+    and its one ending, all within its own best k+1 words. An image leaves the batch once k of its
+    captions have ended, so the model only runs on rows that can still change the result.
     """
 
     def __init__(self, k: int = 3, alpha: float = 0.7):
