@@ -11,7 +11,8 @@ how well it is trained. Then, for each run, on ``--images`` dev images (repeated
 process:
   (a) the common notebook beam search, k=3: one ``predict`` per beam per step on the padded prefix;
   (b) greedy; (c) beam 16 without re-ranking (``--no-rerank``), model.keras alone; (d) the beam 16
-      search of cross_entropy.keras, the second model the recommended recipe searches;
+      search of cross_entropy.keras, the second model the recommended recipe searches, in the
+      precision the recipe gives it (bfloat16 on CPUs with AVX512-BF16 under TensorFlow);
   (e) the recommended decoding (``captioning caption``'s default: (c) and (d), then re-ranking);
 with peak memory after each, the share of (e) spent outside its searches, and the ratio (e)/(c) that issue #33's
 target (≥ 0.5) is about.
@@ -130,7 +131,8 @@ def measure(run, feats, notebook_images):
                 ("(c) beam 16, model.keras (`--no-rerank`)", cap.search("beam"), cap.steps)]
     proposers = getattr(recommended, "proposers", [])
     if proposers:
-        searches.append(("(d) beam 16, cross_entropy.keras", cap.search("beam"), proposers[0]))
+        searches.append((f"(d) beam 16, cross_entropy.keras in {recommended.proposer_precision}", cap.search("beam"),
+                         proposers[0]))
     rates = {}
     for name, search, steps in searches:
         t = time.perf_counter()
