@@ -117,15 +117,20 @@ class Consensus:
         one's captions); column 1, its mean CIDEr-D against the train captions numbered
         ``retrieved`` (rows of ``captions``; zeros when None). ``candidates``: per photo, word lists."""
         first = self.index.first_row
+        neighbours = np.asarray(neighbours, np.int64)  # (photos, k)
+        per_image = first[neighbours + 1] - first[neighbours]  # (photos, k): each neighbour's captions
+        flat = per_image.reshape(-1)
+        starts = np.repeat(first[neighbours].reshape(-1) - np.cumsum(flat) + flat, flat)
+        own = np.split(starts + np.arange(flat.sum()), np.cumsum(per_image.sum(axis=1))[:-1])
+        share = np.split(np.repeat(1.0 / (per_image * neighbours.shape[1]).reshape(-1), flat),
+                         np.cumsum(per_image.sum(axis=1))[:-1])
         rows, weights = [], []
-        for i, images in enumerate(neighbours):
-            own = [np.arange(first[j], first[j + 1]) for j in images]
-            per_image = [np.full(len(r), 1.0 / (len(r) * len(own))) for r in own]
+        for i in range(len(candidates)):
             extra = np.zeros(0, np.int64) if retrieved is None else np.asarray(retrieved[i], np.int64)
-            rows.append(np.concatenate(own + [extra]))
+            rows.append(np.concatenate([own[i], extra]))
             w = np.zeros((len(rows[-1]), 2))
-            w[:len(rows[-1]) - len(extra), 0] = np.concatenate(per_image)
-            w[len(rows[-1]) - len(extra):, 1] = 1.0 / max(len(extra), 1)
+            w[:len(own[i]), 0] = share[i]
+            w[len(own[i]):, 1] = 1.0 / max(len(extra), 1)
             weights.append(w)
         return self.index.scores(candidates, rows, weights)
 
