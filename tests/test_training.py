@@ -295,3 +295,39 @@ def test_figures_leave_a_notebooks_plotting_backend_alone(tmp_path):
         assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "g.png").stat().st_size > 1000
     finally:
         matplotlib.use(previous)
+
+
+def test_label_smoothing_loss_is_the_mixture_of_the_word_and_the_uniform_cross_entropy():
+    from captioning.decoders.layers import SmoothedCrossEntropy
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(7), size=(2, 3)).astype("float32")
+    words = np.array([[1, 4, 0], [6, 2, 3]])
+    weights = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])  # the first caption's last step is padding
+    nll = -np.log(np.take_along_axis(probs, words[..., None], -1)[..., 0])
+    uniform = -np.log(probs).mean(-1)
+    for eps in (0.0, 0.1, 0.3):
+        expected = (((1 - eps) * nll + eps * uniform) * weights).sum() / weights.sum()
+        got = float(SmoothedCrossEntropy(eps)(words, probs, sample_weight=weights))
+        assert got == pytest.approx(expected, rel=1e-5)
+    plain = float(caption_loss()(words, probs, sample_weight=weights))
+    assert float(SmoothedCrossEntropy(0.0)(words, probs, sample_weight=weights)) == pytest.approx(plain, rel=1e-5)
+
+
+def test_a_smoothed_fit_reports_the_plain_cross_entropy_and_resumes(learnable, tmp_path):
+    """With --label-smoothing the loss is another number: history.csv logs the captions' own
+    cross-entropy beside it, and the run reports that; the checkpoint, compiled with the smoothed
+    loss, resumes in a fresh process."""
+    run = tmp_path / "run"
+    options = ["--captions", str(learnable["data"]), "--features", str(learnable["features"]), "--out", str(run),
+               "--units", "16", "--embed-dim", "8", "--min-count", "1", "--self-critical-epochs", "0",
+               "--matcher-epochs", "0", "--label-smoothing", "0.2"]
+    cli = [sys.executable, "-m", "captioning", "fit"]
+    assert subprocess.run(cli + options + ["--epochs", "1"], capture_output=True).returncode == 0
+    resumed = subprocess.run(cli + options[:6] + ["--resume", "--epochs", "2"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    history = pd.read_csv(run / "history.csv")
+    assert history["epoch"].tolist() == [0, 1]
+    assert (history["val_loss"] > history["val_cross_entropy"]).all()  # the smoothed term weighs the whole vocabulary
+    config = load_config(run)
+    assert config["training"]["label_smoothing"] == 0.2
+    assert config["results"]["best_val_loss"] == pytest.approx(history["val_cross_entropy"].min())

@@ -25,7 +25,7 @@ SIZES = {"embed_dim": 512, "units": 512, "dropout": 0.5, "attention_dim": 256, "
          "heads": 8}
 # fit's settings that a decoder may set for itself (``Decoder.defaults``), and the shared values
 FIT_DEFAULTS = {"embed_dim": SIZES["embed_dim"], "units": SIZES["units"], "dropout": SIZES["dropout"],
-                "heads": SIZES["heads"], "tie_embeddings": False, "learning_rate": 1e-3}
+                "heads": SIZES["heads"], "tie_embeddings": False, "learning_rate": 1e-3, "label_smoothing": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,14 +126,19 @@ class Decoder:
         model.get_layer("image_norm").set_statistics(mean, std)
 
 
-def caption_loss():
-    """Cross-entropy averaged over real (weighted) tokens, never over padding.
+def caption_loss(label_smoothing: float = 0.0):
+    """Cross-entropy averaged over real (weighted) tokens, never over padding; with ``label_smoothing``
+    ε, each token's target keeps 1 − ε of its weight and spreads ε evenly over the vocabulary
+    (Szegedy et al. 2016), a regulariser for decoders that overfit (``layers.SmoothedCrossEntropy``).
 
     The default reduction divides by every element when a sample weight arrives without a mask
     (merge's broadcast Add drops the mask), which would count padding; dividing by the summed
     weights gives the same masked mean as the partial-caption pairs in every decoder.
     """
     keras = import_keras()
+    if label_smoothing:
+        from captioning.decoders.layers import SmoothedCrossEntropy
+        return SmoothedCrossEntropy(label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")
 
 

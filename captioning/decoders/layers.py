@@ -128,3 +128,24 @@ class TiedEmbedding(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "input_dim": self.input_dim, "output_dim": self.output_dim}
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class SmoothedCrossEntropy(keras.losses.Loss):
+    """Sparse cross-entropy against targets smoothed by ``epsilon``: (1 − ε)·(−log p[word]) +
+    ε·mean over the vocabulary of (−log p), on the softmax outputs every decoder gives. Registered so
+    a checkpoint compiled with it resumes."""
+
+    def __init__(self, epsilon: float = 0.1, name: str = "smoothed_cross_entropy", **kwargs):
+        kwargs.setdefault("reduction", "mean_with_sample_weight")
+        super().__init__(name=name, **kwargs)
+        self.epsilon = float(epsilon)
+
+    def call(self, y_true, y_pred):
+        ops = keras.ops
+        log_p = ops.log(ops.clip(y_pred, 1e-7, 1.0))
+        word = ops.take_along_axis(log_p, ops.expand_dims(ops.cast(y_true, "int32"), -1), axis=-1)[..., 0]
+        return -(1.0 - self.epsilon) * word - self.epsilon * ops.mean(log_p, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}

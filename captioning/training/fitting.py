@@ -304,9 +304,12 @@ def _new_model(p: FitPlan):
 def _compiled_model(p: FitPlan):
     model = decoders.build(p.run.decoder, sequences=p.fast)
     p.run.decoder.decoder.set_feature_statistics(model, *p.store.statistics(p.train_rows))
-    model.compile(optimizer=keras.optimizers.Adam(p.options.learning_rate), loss=caption_loss(),
+    smoothing = p.options.label_smoothing
+    # with smoothing the loss is no longer the captions' cross-entropy: it is logged beside it
+    plain = [keras.metrics.SparseCategoricalCrossentropy(name="cross_entropy")] if smoothing else []
+    model.compile(optimizer=keras.optimizers.Adam(p.options.learning_rate), loss=caption_loss(smoothing),
                   weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                                    keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
+                                    keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"), *plain])
     return model
 
 
@@ -373,7 +376,8 @@ def export(p: FitPlan, verbose="auto") -> FitResult:
     _write_neighbours(p)
     matching.write(p, verbose)
     plot_history(rows, p.out / "training_curves.png", title=f"Training curves — {p.out.name}")
-    best = min(r["val_loss"] for r in rows)  # reported as loss whatever the monitor
+    # the captions' cross-entropy whatever the monitor (with label smoothing, the loss is another number)
+    best = min(r.get("val_cross_entropy", r["val_loss"]) for r in rows)
     unigram = unigram_loss(p.train, p.dev, len(p.run.vocab))
     if not best < unigram:
         p.notes.append(f"the decoder predicts the dev captions no better than word frequencies alone (validation "

@@ -46,6 +46,10 @@ class FitOptions:
                                          f"stalls) (default: {FIT_DEFAULTS['learning_rate']:g}; transformer "
                                          f"{_own('transformer', 'learning_rate'):g})", low=0, low_open=True,
                                          show_default=False)
+    label_smoothing: float | None = option(None, "cross-entropy epochs: each target word keeps 1 − EPS of its "
+                                           "weight and spreads EPS over the vocabulary (default: "
+                                           f"{FIT_DEFAULTS['label_smoothing']:g})", low=0, high=1, high_open=True,
+                                           metavar="EPS", show_default=False)
     min_count: int = option(5, "keep words seen at least this often in the train captions", low=1)
     max_length_percentile: float | None = option(99.9, "cut captions longer than this percentile of train caption "
                                                  "lengths (100: no cut)", low=0, low_open=True, high=100)
