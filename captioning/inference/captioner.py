@@ -237,8 +237,9 @@ class Captioner:
                 steps = _proposer(path, v, self.decoder, policy)
                 self._proposers[policy] = [WithoutTokens(steps, [v.pad_id, v.unk_id, v.start_id])]
             elif self.run.results.get("self_critical_kept_epoch", "self_critical_dev_cider" in self.run.results):
-                self.notes.append(f"{home} has no {CROSS_ENTROPY_FILE} (runs before version 0.5 lack it): re-ranked among "
-                                  "model.keras's captions alone; `captioning fit ... --resume` on the run adds it.")
+                note = (f"{home} has no {CROSS_ENTROPY_FILE} (runs before version 0.5 lack it): re-ranked among "
+                        "model.keras's captions alone; `captioning fit ... --resume` on the run adds it.")
+                self.notes += [] if note in self.notes else [note]  # once, whichever precisions were asked for
         return self._proposers[policy]
 
     def search(self, decoding="recommended"):
