@@ -185,3 +185,16 @@ def test_inject_runs_saved_before_the_masked_repeat_still_re_read_their_prefix()
     prefix = np.zeros((2, 6), np.int32)
     prefix[:, 0] = 2
     np.testing.assert_allclose(np.exp(log_p), old.predict_on_batch([feats, prefix]), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,rnn", [("init-inject", "lstm"), ("inject", "gru"), ("merge", "lstm")])
+def test_a_first_caption_raises_no_warning_about_masks(kind, rnn):
+    """A notebook's first caption used to print Keras' 'lstm_cell was passed an input with a mask'
+    warning: the one-token step has no padding, so no mask reaches the cell."""
+    import warnings
+    cfg = _cfg(kind, rnn=rnn)
+    steps = decoders.step_model(decoders.build(cfg), cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        steps.step_topk(np.full(2, 2, np.int32), steps.start(np.zeros((2, 5), np.float32)), 3)
+    assert not [w for w in caught if "mask" in str(w.message)]

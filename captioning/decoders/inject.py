@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from captioning.backend import import_keras
 from captioning.decoders.base import Decoder, rnn_layer
-from captioning.decoders.recurrent import RecurrentSteps, head, step_probs, word_embedding
+from captioning.decoders.recurrent import RecurrentSteps, head, step_probs, token_vector, word_embedding
 from captioning.decoders.steps import PrefixSteps
 from captioning.errors import UsageError
 
@@ -81,7 +81,7 @@ class InjectSteps(RecurrentSteps):
             h, new = cell(x, s if per_rnn == 2 else s[0])
             return [h, *(new if isinstance(new, (list, tuple)) else [new])]
 
-        words, *states_1 = run(first, layer("embedding")(token), states[:per_rnn])
+        words, *states_1 = run(first, token_vector(layer, token), states[:per_rnn])
         words = layer("caption_dense")(words)
         # Both cells carry Keras' default cell name; the second runs inside its own small graph so the
         # step graph's operation names stay unique.

@@ -6,8 +6,6 @@ for inference (``feed_image`` and ``combine``: one token at a time), over the sa
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from captioning.backend import import_keras
@@ -68,6 +66,13 @@ def head(cfg: DecoderConfig, hidden, embedding):
     return L.Dense(cfg.vocab_size, activation="softmax", name="output")(hidden)
 
 
+def token_vector(layer, token):
+    """One step's word vector. A lone token has no padding: the Embedding's mask means nothing to the
+    cell, which would warn of it at the first call (a notebook's first caption); an op's output
+    carries no mask."""
+    return import_keras().ops.copy(layer("embedding")(token))
+
+
 def step_probs(layer, h):
     """One step's head over the trained model's layers: the same path as ``head``."""
     from captioning.decoders.layers import TiedEmbedding
@@ -82,10 +87,7 @@ class RecurrentSteps(StepModel):
     """Stateful one-token steps built from the trained next-word model's own layers."""
 
     def __init__(self, model, decoder: RecurrentDecoder):
-        # A lone token has no padding: the Embedding's mask means nothing to the cell here.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not support masking.*")
-            self._build(model, decoder)
+        self._build(model, decoder)
 
     def _build(self, model, decoder: RecurrentDecoder):
         keras = import_keras()
@@ -102,7 +104,8 @@ class RecurrentSteps(StepModel):
         token = keras.Input((), dtype="int32", name="token")
         context = [keras.Input((c.shape[-1],), name=f"context_{i}") for i, c in enumerate(context)]
         states = [keras.Input((self.units,), name=f"state_{i}") for i in range(self.n_states)]
-        h, new_states = self.cell(layer("embedding")(token), states if self.n_states == 2 else states[0])
+        word = token_vector(layer, token)
+        h, new_states = self.cell(word, states if self.n_states == 2 else states[0])
         new_states = list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]
         probs = step_probs(layer, decoder.combine(layer, context, h))
         log_p = keras.ops.log(keras.ops.maximum(probs, 1e-12))  # in the graph: one pass, all cores
