@@ -331,3 +331,50 @@ def test_a_smoothed_fit_reports_the_plain_cross_entropy_and_resumes(learnable, t
     config = load_config(run)
     assert config["training"]["label_smoothing"] == 0.2
     assert config["results"]["best_val_loss"] == pytest.approx(history["val_cross_entropy"].min())
+
+
+def test_warmup_ramps_the_rate_per_batch_and_follows_a_plateau_halving():
+    """LinearWarmup sets target·(step+1)/N before each of the first N batches, then leaves the rate
+    alone; a halving by another callback mid-ramp halves the rest of the ramp too."""
+    from captioning.training.warmup import LinearWarmup
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+    class HalveAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                self.model.optimizer.learning_rate = float(
+                    keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)) / 2
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    x, y = np.ones((8, 3), "float32"), np.zeros((8, 1), "float32")
+    model.fit(x, y, batch_size=2, epochs=3, verbose=0, shuffle=False,
+              callbacks=[HalveAfterFirstEpoch(), LinearWarmup(6, 0.01, steps_per_epoch=4), Record()])
+    expected = [0.01 * (s + 1) / 6 for s in range(4)] + [0.005 * (s + 1) / 6 for s in range(4, 6)] + [0.005] * 6
+    assert seen == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_warmed_up_fit_resumes_on_the_ramp(learnable, tmp_path):
+    """--warmup-steps spanning two epochs: history.csv shows each epoch's starting rate on the ramp,
+    and a run killed after epoch 1 and resumed in a fresh process trains exactly as one that was not."""
+    options = ["--captions", str(learnable["data"]), "--features", str(learnable["features"]),
+               "--units", "16", "--embed-dim", "8", "--min-count", "1", "--self-critical-epochs", "0",
+               "--matcher-epochs", "0", "--learning-rate", "0.01", "--warmup-steps", "12"]
+    cli = [sys.executable, "-m", "captioning", "fit"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert subprocess.run(cli + options + ["--out", str(whole), "--epochs", "3"], capture_output=True).returncode == 0
+    assert subprocess.run(cli + options + ["--out", str(split), "--epochs", "1"], capture_output=True).returncode == 0
+    resumed = subprocess.run(cli + options[:4] + ["--out", str(split), "--resume", "--epochs", "3"],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    history, again = pd.read_csv(whole / "history.csv"), pd.read_csv(split / "history.csv")
+    batches = int(np.ceil(load_config(whole)["data"]["train_images"] / 16))
+    assert batches < 12 < 2 * batches  # the ramp ends inside the second epoch
+    assert history["learning_rate"].tolist() == pytest.approx([0.01 / 12, 0.01 * (batches + 1) / 12, 0.01], rel=1e-5)
+    assert again["learning_rate"].tolist() == pytest.approx(history["learning_rate"].tolist(), rel=1e-6)
+    assert again["val_loss"].tolist() == pytest.approx(history["val_loss"].tolist(), rel=1e-5)
+    assert load_config(split)["training"]["warmup_steps"] == 12

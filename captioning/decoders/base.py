@@ -25,7 +25,8 @@ SIZES = {"embed_dim": 512, "units": 512, "dropout": 0.5, "attention_dim": 256, "
          "heads": 8}
 # fit's settings that a decoder may set for itself (``Decoder.defaults``), and the shared values
 FIT_DEFAULTS = {"embed_dim": SIZES["embed_dim"], "units": SIZES["units"], "dropout": SIZES["dropout"],
-                "heads": SIZES["heads"], "tie_embeddings": False, "learning_rate": 1e-3, "label_smoothing": 0.0}
+                "heads": SIZES["heads"], "tie_embeddings": False, "learning_rate": 1e-3, "label_smoothing": 0.0,
+                "warmup_steps": 0}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,7 @@ from captioning.training.curves import plot_history
 from captioning.distribute import Placement, feed, place, prepare, release
 from captioning.training import matching
 from captioning.training.options import DEFAULT_EPOCHS, FitOptions
+from captioning.training.warmup import LinearWarmup
 from captioning.training.sequences import CaptionSequence, EncodedCaptions, PairSequence
 
 keras = import_keras()
@@ -345,12 +346,13 @@ def train(p: FitPlan, verbose="auto"):
         return model
     # More cross-entropy epochs after self-critical ones: their state entries go, and tune redoes them
     # from the new best epoch.
+    warmup = [LinearWarmup(o.warmup_steps, o.learning_rate, len(seqs[0]))] if o.warmup_steps else []
     prepare(model, p.placement, seqs[0][0])
     # shuffle=False: the Sequence reshuffles itself from (seed, epoch), which --resume can repeat;
     # Keras' own shuffle of a PyDataset's batch order draws from Python's global random state
     model.fit(feed(seqs[0], p.placement), validation_data=feed(seqs[1], p.placement),
               epochs=max(o.epochs, initial_epoch), initial_epoch=initial_epoch,
-              callbacks=[*score, early, plateau, checkpoints, interrupt.keras_callback()], verbose=verbose,
+              callbacks=[*score, early, plateau, *warmup, checkpoints, interrupt.keras_callback()], verbose=verbose,
               shuffle=False)
     return model
 

@@ -50,6 +50,10 @@ class FitOptions:
                                            "weight and spreads EPS over the vocabulary (default: "
                                            f"{FIT_DEFAULTS['label_smoothing']:g})", low=0, high=1, high_open=True,
                                            metavar="EPS", show_default=False)
+    warmup_steps: int | None = option(None, "the cross-entropy learning rate rises linearly from near 0 to "
+                                      "--learning-rate over the first N batches, then only halves on a stall "
+                                      f"(default: {FIT_DEFAULTS['warmup_steps']}: none)", low=0, metavar="N",
+                                      show_default=False)
     min_count: int = option(5, "keep words seen at least this often in the train captions", low=1)
     max_length_percentile: float | None = option(99.9, "cut captions longer than this percentile of train caption "
                                                  "lengths (100: no cut)", low=0, low_open=True, high=100)
