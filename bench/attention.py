@@ -45,7 +45,8 @@ def main():
                               show_progress=False).store.path
     grid = extract_features(data / "Images", backbone=a.backbone, weights="none", pooling="spatial",
                             dtype="float16", out=tmp / "grid.h5", show_progress=False).store.path
-    sizes = dict(epochs=a.epochs, batch_size=16, units=128, embed_dim=64, dropout=0.3)
+    # one rate for both (1e-3, the recurrent decoders' default), so only the decoder differs
+    sizes = dict(epochs=a.epochs, batch_size=16, units=128, embed_dim=64, dropout=0.3, learning_rate=1e-3)
     rows = []
     for decoder, features in (("merge", pooled), ("attention", grid)):
         run = tmp / decoder

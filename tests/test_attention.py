@@ -120,7 +120,8 @@ def test_attention_looks_at_the_named_shape_on_the_sample_set(tmp_path):
     store = extract_features(data / "Images", backbone="resnet50", weights="none", pooling="spatial",
                              dtype="float16", out=tmp_path / "grid.h5", show_progress=False).store
     fit(data, store.path, tmp_path / "run", FitOptions(decoder="attention", epochs=25, batch_size=16, units=128,
-                                                       embed_dim=64, attention_dim=64, dropout=0.3), verbose=0)
+                                                       embed_dim=64, attention_dim=64, dropout=0.3,
+                                                       learning_rate=1e-3), verbose=0)
     cap = Captioner.load(tmp_path / "run")
     images = load_captions(data).images("train")
     scenes = json.loads((data / "scenes.json").read_text())

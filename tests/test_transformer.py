@@ -33,6 +33,9 @@ def test_it_has_its_own_defaults_and_its_word_vectors_follow_its_width():
     shared = FitOptions(decoder="merge").resolved()
     assert (shared.units, shared.embed_dim, shared.dropout, shared.learning_rate) == (512, 512, 0.5, 1e-3)
     assert FitOptions(decoder="init-inject").resolved().tie_embeddings is True
+    attention = FitOptions(decoder="attention").resolved()  # only its rate is its own
+    assert (attention.units, attention.dropout, attention.learning_rate) == (512, 0.5, 5e-4)
+    assert FitOptions(decoder="attention", learning_rate=1e-3).resolved().learning_rate == 1e-3
     assert FitOptions(decoder="init-inject", tie_embeddings=False, dropout=0.2).resolved().dropout == 0.2
 
 

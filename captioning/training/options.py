@@ -43,7 +43,8 @@ class FitOptions:
                                          "init-inject and inject, where it measured better, off for merge and "
                                          "pre-inject; not for attention)", show_default=False)
     learning_rate: float | None = option(None, "Adam's, for the cross-entropy epochs (halved when the validation loss "
-                                         f"stalls) (default: {FIT_DEFAULTS['learning_rate']:g}; transformer "
+                                         f"stalls) (default: {FIT_DEFAULTS['learning_rate']:g}; attention "
+                                         f"{_own('attention', 'learning_rate'):g}, transformer "
                                          f"{_own('transformer', 'learning_rate'):g})", low=0, low_open=True,
                                          show_default=False)
     label_smoothing: float | None = option(None, "cross-entropy epochs: each target word keeps 1 − EPS of its "
